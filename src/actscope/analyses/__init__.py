@@ -1,0 +1,1 @@
+"""Analyses built on the capture engine: profile, quantisation, sparsity, patching, lenses, probes."""

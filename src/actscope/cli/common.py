@@ -1,0 +1,42 @@
+"""Options and helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+def token_progress(total: int | None, description: str = "tokens") -> Progress:
+    """A rich progress bar counting tokens, with throughput and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def load(
+    model: str, dtype: str = "auto", device: str = "auto", device_map: str | None = None
+) -> Any:
+    """Load a model with a status line (GGUF dequantisation can take a while the first time)."""
+    from actscope.models import load_model
+
+    with console.status(f"loading {model} ..."):
+        return load_model(model, dtype=dtype, device=device, device_map=device_map)

@@ -1,0 +1,263 @@
+"""Load a causal LM and its tokenizer from a name, a folder, a GGUF file or a hub id.
+
+Resolution order for ``spec``:
+
+1. an embedded default name (``smollm2-135m``, ``gemma3-270m``, see :mod:`.embedded`);
+2. an existing path: a ``.gguf`` file, a folder holding ``config.json`` (a Hugging Face
+   checkpoint) or a folder holding exactly one ``.gguf`` file;
+3. a hub id ``org/name`` that is already in the local Hugging Face cache (actscope never
+   downloads at run time; ``local_files_only=True``).
+
+GGUF weights are dequantized by transformers (slow: 15-50 s). The first load writes a dense
+float32 safetensors copy under :func:`~actscope.models.paths.cache_root`, keyed by the GGUF's
+SHA-256, so later loads take about a second and give bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from actscope.errors import ModelLoadError, ModelNotFoundError, suggest
+from actscope.models.embedded import EMBEDDED, embedded_gguf
+from actscope.models.paths import cache_root
+from actscope.utils.atomic import atomic_dir, atomic_write_text
+from actscope.utils.hashing import sha256_file
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for actscope: the HF module, its tokenizer and where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    name: str
+    source: str
+    file_hash: str | None = None
+    kind: str = "hf"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        """The transformers ``model_type`` (``llama``, ``gemma3_text``, ...)."""
+        return str(self.model.config.model_type)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the input embedding (where input ids must be placed)."""
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def describe(self) -> dict[str, Any]:
+        """Manifest entry: name, source, file hash, family, dtype, device."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "file_hash": self.file_hash,
+            "kind": self.kind,
+            "family": self.family,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "n_parameters": int(sum(p.numel() for p in self.model.parameters())),
+            **self.meta,
+        }
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """``auto``/None -> bfloat16 (on CUDA and on CPU); otherwise the named dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype '{dtype}'{suggest(dtype, _DTYPES)}") from None
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto``/None -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | None = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    use_cache: bool = True,
+) -> LoadedModel:
+    """Load ``spec`` (see module docstring) in eval mode with gradients off.
+
+    ``device_map`` is passed to accelerate (e.g. ``"auto"`` to spread a model larger than one
+    GPU); when given, ``device`` is ignored. ``use_cache=False`` skips the dense GGUF cache.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    spec_s = str(spec)
+    if spec_s.startswith("tiny:"):
+        lm = _load_tiny(spec_s[5:], dt)
+    elif spec_s in EMBEDDED:
+        gguf = embedded_gguf(spec_s)
+        lm = _load_gguf(gguf, dt, use_cache=use_cache, name=spec_s)
+        lm.kind = "embedded"
+    else:
+        path = Path(spec_s).expanduser()
+        if path.exists():
+            lm = _load_path(path, dt, device_map, use_cache)
+        elif _HUB_ID.match(spec_s) and not spec_s.startswith((".", "/")):
+            lm = _load_hub(spec_s, dt, device_map)
+        else:
+            names = list(EMBEDDED)
+            raise ModelNotFoundError(
+                f"unknown model '{spec_s}': not an embedded name ({', '.join(names)}), "
+                f"an existing path or a hub id{suggest(spec_s, names)}"
+            )
+    if device_map is None:
+        lm.model.to(dev)
+    lm.model.eval()
+    lm.model.requires_grad_(False)
+    return lm
+
+
+def _load_tiny(family: str, dt: torch.dtype) -> LoadedModel:
+    from actscope.models.tiny import CONFIGS, build_tiny, byte_tokenizer
+
+    if family not in CONFIGS:
+        raise ModelNotFoundError(
+            f"unknown tiny family '{family}'{suggest(family, CONFIGS)}; known: {', '.join(CONFIGS)}"
+        )
+    model = build_tiny(family, dtype=dt)
+    return LoadedModel(model, byte_tokenizer(), name=f"tiny:{family}", source="random", kind="tiny")
+
+
+def _load_path(path: Path, dt: torch.dtype, device_map: Any, use_cache: bool) -> LoadedModel:
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelNotFoundError(f"{path} is a file but not a .gguf model file")
+        return _load_gguf(path, dt, use_cache=use_cache, name=path.stem)
+    if (path / "config.json").exists():
+        return _load_hf_dir(str(path), dt, device_map, name=path.name, local_only=True)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _load_gguf(ggufs[0], dt, use_cache=use_cache, name=ggufs[0].stem)
+    raise ModelNotFoundError(
+        f"{path} holds neither config.json nor exactly one .gguf file "
+        f"(found {len(ggufs)} .gguf files)"
+    )
+
+
+def _load_hub(repo_id: str, dt: torch.dtype, device_map: Any) -> LoadedModel:
+    try:
+        return _load_hf_dir(repo_id, dt, device_map, name=repo_id, local_only=True)
+    except ModelLoadError as exc:
+        raise ModelNotFoundError(
+            f"hub id '{repo_id}' is not in the local Hugging Face cache "
+            "(actscope does not download at run time; fetch it first or pass a local path)"
+        ) from exc
+
+
+def _load_hf_dir(
+    where: str, dt: torch.dtype, device_map: Any, *, name: str, local_only: bool
+) -> LoadedModel:
+    try:
+        tok = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=dt, device_map=device_map, local_files_only=local_only
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load '{where}': {first}") from exc
+    return LoadedModel(model=model, tokenizer=tok, name=name, source=str(where), kind="hf")
+
+
+def _check_gguf_header(path: Path) -> None:
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF file (bad magic bytes {magic!r})")
+
+
+def _hash_cached(path: Path) -> str:
+    """SHA-256 of ``path``, memoised in the cache by (absolute path, size, mtime)."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    index_file = cache_root() / "hashes.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        index = {}
+    if key not in index:
+        index[key] = sha256_file(path)
+        atomic_write_text(index_file, json.dumps(index, indent=1))
+    return str(index[key])
+
+
+def _load_gguf(path: Path, dt: torch.dtype, *, use_cache: bool, name: str) -> LoadedModel:
+    """Load a GGUF file, through the dense safetensors cache when possible."""
+    _check_gguf_header(path)
+    digest = _hash_cached(path)
+    dense = cache_root() / "dense" / f"{path.stem}-{digest[:16]}"
+    if use_cache and (dense / "config.json").exists():
+        lm = _load_hf_dir(str(dense), dt, None, name=name, local_only=True)
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent, gguf_file=path.name, dtype=torch.float32
+            )
+        except Exception as exc:  # transformers raises many types for a corrupt file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot read GGUF {path}: {first}") from exc
+        if use_cache:
+            _write_dense_cache(model, tok, dense)
+        model = model.to(dt)
+        lm = LoadedModel(model=model, tokenizer=tok, name=name, source=str(path))
+    lm.source = str(path)
+    lm.file_hash = digest
+    lm.kind = "gguf"
+    return lm
+
+
+def _write_dense_cache(model: PreTrainedModel, tok: Any, dense: Path) -> None:
+    """Save a dequantized GGUF model as float32 safetensors (atomically)."""
+    # transformers refuses save_pretrained on a quantized model: the GGUF weights are already
+    # dequantized in memory, so the quantizer markers are cleared before saving.
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        with atomic_dir(dense) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+    except OSError as exc:  # a full disk must not stop the run: the cache is an optimisation
+        log.warning("could not write the dense model cache %s: %s", dense, exc)

@@ -1,0 +1,6 @@
+"""Self-contained HTML reports and the shared plotting style."""
+
+from actscope.report.html import Report
+from actscope.report.plots import new_figure
+
+__all__ = ["Report", "new_figure"]

@@ -1,0 +1,32 @@
+"""Shapes of sites, measured by one short forward pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from actscope.capture.runner import forward
+from actscope.capture.trace import Trace, sitemap_of
+from actscope.sites.vocabulary import describe_kind
+
+
+def site_shapes(
+    lm: Any, patterns: list[str] | None = None, n_tokens: int = 4
+) -> list[dict[str, Any]]:
+    """One row per site: name, module path, mode, shape (batch 1 x ``n_tokens``), meaning."""
+    sm = sitemap_of(lm)
+    ids = torch.arange(min(n_tokens, 8), device=lm.device).unsqueeze(0) + 10
+    with torch.inference_mode(), Trace(sm, patterns or ["all"], retain=True) as tr:
+        forward(lm.model, ids)
+    return [
+        {
+            "site": s.name,
+            "module": s.module,
+            "mode": s.mode + (f"[{s.part[0]}/{s.part[1]}]" if s.part else ""),
+            "shape": "x".join(str(d) for d in tr.retained[s.name].shape),
+            "meaning": describe_kind(s.kind),
+            "n_layers": sm.n_layers,
+        }
+        for s in tr.sites
+    ]

@@ -1,0 +1,87 @@
+"""Model loading: embedded defaults, GGUF files, folders, hub ids and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tests._models import get_model
+
+from actscope.errors import ModelLoadError, ModelNotFoundError
+from actscope.models import EMBEDDED, embedded_gguf, load_model, resolve_dtype
+
+
+def test_unknown_name_is_a_clear_error() -> None:
+    with pytest.raises(ModelNotFoundError, match="unknown model 'smollm-135m'.*did you mean"):
+        load_model("smollm-135m")
+
+
+def test_missing_hub_id_is_not_downloaded() -> None:
+    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):
+        load_model("nobody-here/no-such-model")
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError):
+        load_model(str(tmp_path / "nothing" / "model.gguf"))
+    with pytest.raises(ModelNotFoundError, match="neither config.json"):
+        load_model(str(tmp_path))
+
+
+def test_corrupt_gguf(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOPE" + b"\0" * 64)
+    with pytest.raises(ModelLoadError, match="not a GGUF file"):
+        load_model(str(bad))
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(embedded_gguf("smollm2-135m").read_bytes()[:4096])
+    with pytest.raises(ModelLoadError, match="cannot read GGUF"):
+        load_model(str(truncated), use_cache=False)
+
+
+def test_dtype_resolution() -> None:
+    assert resolve_dtype("auto", "cpu") == torch.bfloat16
+    assert resolve_dtype("fp32", "cpu") == torch.float32
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        resolve_dtype("int3", "cpu")
+
+
+def test_tiny_models_and_hf_folder_round_trip(tmp_path: Path) -> None:
+    lm = load_model("tiny:qwen2", dtype="fp32")
+    assert lm.family == "qwen2" and lm.dtype == torch.float32
+    lm.model.save_pretrained(tmp_path / "m")
+    lm.tokenizer.save_pretrained(tmp_path / "m")
+    again = load_model(str(tmp_path / "m"), dtype="fp32")
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(lm.model(ids).logits, again.model(ids).logits)
+    with pytest.raises(ModelNotFoundError, match="unknown tiny family"):
+        load_model("tiny:lama")
+
+
+def test_embedded_files_are_found() -> None:
+    for name in EMBEDDED:
+        path = embedded_gguf(name)
+        assert path.exists() and path.read_bytes()[:4] == b"GGUF"
+
+
+@pytest.mark.slow
+def test_dense_cache_equals_gguf_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dense safetensors copy gives exactly the dequantized GGUF weights."""
+    monkeypatch.setenv("ACTSCOPE_CACHE", str(tmp_path))
+    first = load_model("smollm2-135m", dtype="fp32")  # GGUF path, writes the cache
+    assert any((tmp_path / "dense").iterdir())
+    second = load_model("smollm2-135m", dtype="fp32")  # from the cache
+    for (n1, p1), (n2, p2) in zip(
+        first.model.state_dict().items(), second.model.state_dict().items(), strict=True
+    ):
+        assert n1 == n2 and torch.equal(p1, p2), n1
+    assert first.file_hash == second.file_hash and len(first.file_hash or "") == 64
+
+
+@pytest.mark.slow
+def test_real_models_describe_themselves() -> None:
+    s = get_model("smollm2-135m", "bf16").describe()
+    assert s["family"] == "llama" and s["dtype"] == "bfloat16" and s["kind"] == "embedded"
+    g = get_model("gemma3-270m", "bf16").describe()
+    assert g["family"] == "gemma3_text"
