@@ -55,6 +55,8 @@ def to_jsonable(obj: Any) -> Any:
         return to_jsonable(obj.tolist())
     if isinstance(obj, float) and obj != obj:
         return None
+    if obj is pd.NA or obj is pd.NaT:
+        return None
     return obj
 
 

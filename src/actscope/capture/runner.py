@@ -78,7 +78,9 @@ def run(
     info = RunInfo()
     sm = sitemap_of(target)
     t0 = time.perf_counter()
-    with torch.inference_mode(), Trace(sm, sites, consumers=consumers, stop=stop_early) as tr:
+    # no_grad rather than inference_mode: consumer state created in hooks must stay mergeable
+    # (in-place updates of inference tensors are refused outside inference mode).
+    with torch.no_grad(), Trace(sm, sites, consumers=consumers, stop=stop_early) as tr:
         for batch in batches:
             b = batch.to(device) if hasattr(batch, "to") else batch
             for c in consumers:

@@ -62,7 +62,7 @@ class Report:
         import matplotlib.pyplot as plt
 
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches=None)
         plt.close(fig)
         data = base64.b64encode(buf.getvalue()).decode("ascii")
         body = (

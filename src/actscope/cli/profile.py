@@ -1,0 +1,138 @@
+"""``actscope profile`` and ``actscope compare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from actscope.cli.common import console, load
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("profile")
+    def profile_cmd(
+        model: str = typer.Option(
+            "smollm2-135m", "--model", "-m", help="embedded name, path, GGUF, hub id or tiny:FAMILY"
+        ),
+        corpus: str = typer.Option(
+            "default",
+            "--corpus",
+            "-c",
+            help="'default', a .txt/.jsonl/.parquet file or a dataset folder",
+        ),
+        out: Path = typer.Option(
+            Path("runs/profile"), "--out", "-o", help="run directory to write"
+        ),
+        max_tokens: int = typer.Option(
+            100_000, "--max-tokens", help="real tokens to read (0 = all)"
+        ),
+        sites: str = typer.Option("all", "--sites", "-s", help="site patterns, comma-separated"),
+        seq_len: int = typer.Option(256, "--seq-len"),
+        batch_size: int = typer.Option(8, "--batch-size"),
+        bos: str = typer.Option("auto", "--bos", help="auto (tokenizer default), always, never"),
+        top_k: int = typer.Option(32, "--top-k", help="top-|a| events kept per site"),
+        seed: int = typer.Option(0, "--seed"),
+        dtype: str = typer.Option("auto", "--dtype"),
+        device: str = typer.Option("auto", "--device"),
+        ray: bool = typer.Option(False, "--ray", help="run shards as Ray tasks and merge"),
+        workers: int = typer.Option(2, "--workers", help="Ray workers (with --ray)"),
+    ) -> None:
+        """Profile activation magnitudes at every site; write tables, exports and report.html."""
+        from actscope.analyses.profile import ProfileConfig, profile
+
+        cfg = ProfileConfig(
+            sites=[s for s in sites.split(",") if s],
+            max_tokens=max_tokens or None,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            bos=bos,
+            top_k=top_k,
+            seed=seed,
+        )
+        if ray:
+            from actscope.distributed import profile_ray
+
+            result = profile_ray(
+                model, corpus, cfg, workers=workers, out=out, dtype=dtype, device=device
+            )
+        else:
+            lm = load(model, dtype, device)
+            with _TokenBar(cfg.max_tokens) as bar:
+                result = profile(lm, corpus, out=out, config=cfg, progress=bar.advance)
+        _print_summary(result)
+
+    @app.command("compare")
+    def compare_cmd(
+        runs: list[Path] = typer.Argument(..., help="profile run directories"),
+        out: Path = typer.Option(Path("runs/compare"), "--out", "-o"),
+    ) -> None:
+        """Overlay several profile runs (depth normalised) in one report."""
+        from actscope.analyses.profile import compare_runs
+
+        res = compare_runs(list(runs), out=out)
+        console.print(res["table"].to_string(index=False))
+        print(out / "report.html")
+
+
+class _TokenBar:
+    """A rich progress bar over tokens showing tokens/s and ETA."""
+
+    def __init__(self, total: int | None) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]profile"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.completed:,} tok"),
+            TextColumn("{task.speed:,.0f} tok/s" if False else "{task.fields[rate]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.total = total
+        self.task = None
+
+    def __enter__(self) -> _TokenBar:
+        import time
+
+        self.progress.start()
+        self.t0 = time.perf_counter()
+        self.task = self.progress.add_task("profile", total=self.total, rate="")
+        return self
+
+    def advance(self, n: int) -> None:
+        import time
+
+        done = self.progress.tasks[0].completed + n
+        rate = done / max(1e-9, time.perf_counter() - self.t0)
+        self.progress.update(self.task, advance=n, rate=f"{rate:,.0f} tok/s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _print_summary(result: object) -> None:
+    s = result.summary  # type: ignore[attr-defined]
+    m = result.manifest  # type: ignore[attr-defined]
+    g = s.get("global_max", {})
+    sun = s["sun_criterion"]
+    console.print(
+        f"[bold]{s['model']}[/]: {m['tokens']:,} tokens at {m.get('tokens_per_s')} tok/s\n"
+        f"  global max |a| = {g.get('abs_value', float('nan')):,.4g} at {g.get('site')} "
+        f"(token {g.get('token')!r}, position {g.get('seq_position')}, channel {g.get('channel')})\n"
+        f"  Sun's criterion: per-token median {'fires' if sun['fires_per_token_median'] else 'no'}, "
+        f"layer median {'fires' if sun['fires_layer_median'] else 'no'}; "
+        f"resid_post kurtosis (mean over layers) = "
+        f"{s['kurtosis']['resid_post_token_mean_over_layers']:.4g}"
+    )
+    out = getattr(result, "out", None)
+    if out is not None:
+        print(Path(out) / "report.html")

@@ -1,0 +1,170 @@
+"""The profile: tables, merge across shards, aliases, exports, atomic run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tests._models import get_model
+
+from actscope.analyses.profile import (
+    ProfileConfig,
+    collect,
+    compare_runs,
+    finalize,
+    prepare_batches,
+    profile,
+    read_run,
+)
+from actscope.capture import Trace, forward
+from actscope.data import Corpus, Sample
+
+
+def _corpus(n: int = 24) -> Corpus:
+    words = ["alpha", "beta", "gamma", "delta", "x = y + 1", "def f(a):", "Привет мир", "3.14"]
+    samples = [
+        Sample(
+            id=f"s{i}",
+            domain=["prose", "code", "math", "multilingual"][i % 4],
+            text=" ".join(words[(i + j) % len(words)] for j in range(5 + i % 7)),
+            source="test",
+        )
+        for i in range(n)
+    ]
+    return Corpus(samples, name="unit")
+
+
+CFG = ProfileConfig(max_tokens=None, seq_len=32, batch_size=4, top_k=8)
+
+
+def test_profile_writes_a_complete_run(tmp_path: Path) -> None:
+    lm = get_model("tiny:llama", "bf16")
+    res = profile(lm, _corpus(), out=tmp_path / "run", config=ProfileConfig(**vars(CFG)))
+    out = tmp_path / "run"
+    for name in (
+        "manifest.json",
+        "summary.json",
+        "report.html",
+        "tables/site_stats.parquet",
+        "tables/events.parquet",
+        "tables/layers.parquet",
+        "tables/domains.parquet",
+        "tables/massive_channels.parquet",
+        "tables/token_channel_view.parquet",
+        "exports/smoothquant_act_scales.pt",
+        "exports/awq_mean_abs.pt",
+    ):
+        assert (out / name).exists(), name
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tokens"] == res.manifest["tokens"] > 0
+    assert manifest["model"]["name"] == "tiny:llama" and manifest["corpus"]["hash"]
+    assert {"torch", "transformers"} <= set(manifest["versions"])
+    stats = pd.read_parquet(out / "tables/site_stats.parquet")
+    assert {"site", "kind", "layer", "statistic", "value", "domain", "channel"} <= set(
+        stats.columns
+    )
+    events = pd.read_parquet(out / "tables/events.parquet")
+    assert {
+        "site",
+        "rank",
+        "value",
+        "sample_id",
+        "position",
+        "token_id",
+        "token",
+        "channel",
+        "domain",
+    } <= set(events.columns)
+    html = (out / "report.html").read_text()
+    assert "<img" in html and "http" not in html.split("<body>")[1].replace("https://", "")
+    back = read_run(out)
+    assert back["summary"]["global_max"]["site"] == res.summary["global_max"]["site"]
+    assert not list(tmp_path.glob(".run*")), "temporary folder left behind"
+
+
+def test_failed_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import actscope.analyses.profile.report as report
+
+    def broken(result: object) -> str:
+        raise RuntimeError("report failed")
+
+    monkeypatch.setattr(report, "build_report", broken)
+    with pytest.raises(RuntimeError, match="report failed"):
+        profile(
+            get_model("tiny:llama", "bf16"),
+            _corpus(8),
+            out=tmp_path / "run",
+            config=ProfileConfig(**vars(CFG)),
+        )
+    assert not (tmp_path / "run").exists() and not list(tmp_path.iterdir())
+
+
+def test_merge_of_two_halves_equals_the_whole() -> None:
+    lm = get_model("tiny:qwen3_moe", "bf16")
+    cfg = ProfileConfig(**vars(CFG))
+    batches, _ = prepare_batches(lm, _corpus(), cfg)
+    whole = finalize(collect(lm, batches, cfg), lm.tokenizer)
+    half = len(batches) // 2
+    a = collect(lm, batches[:half], cfg)
+    b = collect(lm, batches[half:], cfg)
+    merged = finalize(a.merge(b), lm.tokenizer)
+    for name in ("layers", "events", "massive_channels"):
+        pd.testing.assert_frame_equal(
+            whole.tables[name], merged.tables[name], check_exact=False, rtol=1e-9, atol=0
+        )
+    w = whole.tables["site_stats"].set_index(["site", "statistic", "domain", "channel"])["value"]
+    m = merged.tables["site_stats"].set_index(["site", "statistic", "domain", "channel"])["value"]
+    pd.testing.assert_series_equal(w.sort_index(), m.sort_index(), rtol=1e-9)
+    assert merged.manifest["tokens"] == whole.manifest["tokens"]
+
+
+def test_aliases_share_statistics_and_match_direct_computation() -> None:
+    lm = get_model("tiny:llama", "bf16")
+    cfg = ProfileConfig(**vars(CFG))
+    batches, _ = prepare_batches(lm, _corpus(), cfg)
+    res = finalize(collect(lm, batches, cfg), lm.tokenizer)
+    lay = res.tables["layers"].set_index("site")
+    assert lay.loc["q_in.0", "max_abs"] == lay.loc["attn_in.0", "max_abs"]
+    assert lay.loc["resid_post.0", "max_abs"] == lay.loc["resid_pre.1", "max_abs"]
+    # direct computation of max |a| and per-channel max at one Linear input over real tokens
+    seen: list[torch.Tensor] = []
+    with torch.inference_mode(), Trace(lm, ["down_in.1"], retain=True) as tr:
+        for b in batches:
+            forward(lm.model, b.input_ids, b.attention_mask)
+            seen.append(tr["down_in.1"][b.attention_mask.bool()].float().abs())
+    direct = torch.cat(seen)
+    assert lay.loc["down_in.1", "max_abs"] == pytest.approx(float(direct.max()))
+    scales = res.exports["smoothquant_act_scales"]["model.layers.1.mlp.down_proj"]
+    torch.testing.assert_close(scales, direct.amax(0))
+    assert res.exports["awq_mean_abs"]["model.layers.1.mlp.down_proj"].shape == (128,)
+    med = float(direct.flatten().median())
+    assert lay.loc["down_in.1", "median_abs"] == pytest.approx(med, rel=0, abs=0)
+
+
+def test_compare_overlays_runs(tmp_path: Path) -> None:
+    for fam in ("llama", "gpt2"):
+        profile(
+            get_model(f"tiny:{fam}", "bf16"),
+            _corpus(8),
+            out=tmp_path / fam,
+            config=ProfileConfig(**vars(CFG)),
+        )
+    res = compare_runs([tmp_path / "llama", tmp_path / "gpt2"], out=tmp_path / "cmp")
+    assert list(res["table"]["model"]) == ["tiny:llama", "tiny:gpt2"]
+    assert np.isclose(res["curves"]["depth"].max(), 1.0)
+    assert (tmp_path / "cmp" / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_profile_findings(tmp_path: Path) -> None:
+    """SmolLM2 has massive activations on the residual stream at the first position."""
+    lm = get_model("smollm2-135m", "bf16")
+    res = profile(lm, "default", out=tmp_path / "smol", max_tokens=3000, seq_len=128)
+    g = res.summary["global_max"]
+    assert g["kind"].startswith("resid") and g["abs_value"] > 1000
+    assert g["seq_position"] == 0
+    assert res.summary["sun_criterion"]["fires_layer_median"]

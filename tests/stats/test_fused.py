@@ -1,0 +1,75 @@
+"""The one-pass numba kernel against direct torch computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from actscope.stats.fused import partials
+
+KW = dict(
+    channels=True, channel_moments=True, massive=True, massive_abs=100.0, massive_ratio=1000.0
+)
+
+
+def _direct(x: torch.Tensor, valid: torch.Tensor) -> dict[str, np.ndarray]:
+    xf = x.float()
+    fin = torch.isfinite(xf) & valid[:, None]
+    xz = torch.where(fin, xf, 0.0).double()
+    return {
+        "n_row": fin.sum(1).numpy(),
+        "s1": xz.sum(1).numpy(),
+        "s2": (xz**2).sum(1).numpy(),
+        "s4": (xz**4).sum(1).numpy(),
+        "c2": (xz**2).sum(0).numpy(),
+        "cmax": xz.abs().amax(0).float().numpy(),
+        "n_col": fin.sum(0).numpy(),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("shift", [0.0, 5.0, -5.0])
+def test_partials_match_direct(dtype: torch.dtype, shift: float) -> None:
+    torch.manual_seed(0)
+    x = (torch.randn(64, 40) * 3 + shift).to(dtype)
+    x[3, 7] = float("nan")
+    x[5, 1] = float("inf")
+    x[6, 2] = float("-inf")
+    x[0, 0] = 30000.0  # >= 1000 x the row median even with the shifted rows
+    valid = torch.ones(64, dtype=torch.bool)
+    valid[-5:] = False
+    p = partials(x, valid, **KW)
+    d = _direct(x, valid)
+    np.testing.assert_array_equal(p.n_row, d["n_row"])
+    np.testing.assert_array_equal(p.n_col, d["n_col"])
+    np.testing.assert_allclose(p.s1, d["s1"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(p.s2, d["s2"], rtol=1e-5)
+    np.testing.assert_allclose(p.s4, d["s4"], rtol=1e-5)
+    np.testing.assert_allclose(p.c2, d["c2"], rtol=1e-9)
+    np.testing.assert_array_equal(p.cmax, d["cmax"])
+    assert list(p.nonfinite) == [1, 1, 1]
+    ok = (torch.isfinite(x.float()).all(1) & valid).numpy()
+    xf = x.float()
+    np.testing.assert_array_equal(p.rmax[ok], xf.amax(1).numpy()[ok])
+    np.testing.assert_array_equal(p.rmin[ok], xf.amin(1).numpy()[ok])
+    np.testing.assert_array_equal(p.row_max[ok], xf.abs().amax(1).numpy()[ok])
+    assert p.hist.sum() == int(d["n_row"].sum())
+    assert p.m_row[0] == 1 and p.m_col[0] == 1 and p.m_row[1:].sum() == 0
+    # power sums about the batch channel means
+    fin = torch.isfinite(xf) & valid[:, None]
+    mean = torch.where(fin, xf, 0).double().sum(0) / fin.sum(0)
+    cen = torch.where(fin, xf.double() - mean, 0.0)
+    np.testing.assert_allclose(p.power[2], (cen**2).sum(0).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(p.power[4], (cen**4).sum(0).numpy(), rtol=1e-9)
+
+
+def test_padding_rows_are_never_read() -> None:
+    x = torch.randn(8, 16).to(torch.bfloat16)
+    valid = torch.tensor([True] * 4 + [False] * 4)
+    y = x.clone()
+    y[4:] = float("nan")
+    a, b = partials(x, valid, **KW), partials(y, valid, **KW)
+    np.testing.assert_array_equal(a.hist, b.hist)
+    np.testing.assert_array_equal(a.c1, b.c1)
+    assert list(b.nonfinite) == [0, 0, 0]
