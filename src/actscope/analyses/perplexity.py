@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from actscope.capture.runner import forward
+from actscope.utils.devices import input_device
 
 
 @dataclass
@@ -55,7 +56,7 @@ def evaluate_nll(
 ) -> NLL:
     """Sum the next-token NLL of ``lm`` over ``batches`` (objects with input_ids/attention_mask)."""
     model = getattr(lm, "model", lm)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     acc = NLL()
     with torch.inference_mode():
         for batch in batches:

@@ -37,6 +37,7 @@ class ForwardState:
 
     mask: Tensor | None = None
     token_shape: dict[str, torch.Size] = field(default_factory=dict)
+    mask_on: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,6 +85,11 @@ def _mask_for(value: Tensor, state: ForwardState) -> Tensor | None:
     m = state.mask
     if m is None or value.dim() < 2:
         return None
+    if m.device != value.device:  # model split over devices: one copy per device
+        key = str(value.device)
+        if key not in state.mask_on:
+            state.mask_on[key] = m.to(value.device, non_blocking=True)
+        m = state.mask_on[key]
     if tuple(value.shape[:2]) == tuple(m.shape):
         return m
     return _fit_mask(m, value)

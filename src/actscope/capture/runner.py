@@ -20,6 +20,7 @@ from torch import Tensor
 
 from actscope.capture.hooks import StopForward
 from actscope.capture.trace import Consumer, Trace, sitemap_of
+from actscope.utils.devices import input_device
 
 
 class BatchLike(Protocol):
@@ -73,7 +74,7 @@ def run(
     ``progress`` is an optional callable ``progress(n_tokens)`` called after each batch.
     """
     model = getattr(target, "model", target)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     consumers = list(consumers)
     info = RunInfo()
     sm = sitemap_of(target)

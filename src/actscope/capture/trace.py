@@ -67,6 +67,7 @@ class Trace:
     def set_mask(self, attention_mask: Tensor | None) -> None:
         """Declare the padding mask of the next forward pass (1/True = real token)."""
         self.state.mask = None if attention_mask is None else attention_mask.bool()
+        self.state.mask_on.clear()
 
     def __getitem__(self, name: str) -> Tensor:
         return self.retained[self.sitemap.get(name).name]

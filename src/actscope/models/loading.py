@@ -64,8 +64,10 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        """Device of the input embedding (where input ids must be placed)."""
-        return self.model.get_input_embeddings().weight.device
+        """Execution device of the input embedding (where input ids must be placed)."""
+        from actscope.utils.devices import input_device
+
+        return input_device(self.model)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -54,10 +54,7 @@ class ProfileState:
         self.batches += other.batches
         self.seconds = max(self.seconds, other.seconds)
         self.shards += other.shards
-        for dom, n in other.policy.get("tokens_per_domain", {}).items():
-            dt = self.policy.setdefault("tokens_per_domain", {})
-            dt[dom] = dt.get(dom, 0) + n
-        return self
+        return self  # ``policy`` describes the shared tokenisation plan: left as it is
 
 
 @dataclass

@@ -69,7 +69,8 @@ def compare_runs(runs: list[str | Path], out: str | Path | None = None) -> dict[
         ax.set_yscale("symlog" if "kurtosis" in col else "log")
         ax.set_xlabel("relative depth (layer / (L-1))")
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
         rep.figure(fig, f"{title} across normalised depth", heading=title)
     result = {"table": table, "curves": curves_df, "html": rep.render()}
     if out is not None:

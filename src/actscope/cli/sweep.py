@@ -1,0 +1,53 @@
+"""``actscope sweep models.yaml``: profile several models as Ray tasks and compare them.
+
+actscope sweep models.yaml --out runs/sweep            # Ray (local cluster or --address)
+actscope sweep models.yaml --out runs/sweep --local    # one after the other, no Ray
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from actscope.cli.common import console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sweep")
+    def sweep_cmd(
+        spec: str = typer.Argument(..., help="sweep YAML file (models, corpus, profile options)"),
+        out: str | None = typer.Option(
+            None, "--out", "-o", help="output folder (default: the file's 'out', else runs/sweep)"
+        ),
+        local: bool = typer.Option(False, "--local", help="run in this process, without Ray"),
+        address: str | None = typer.Option(None, help="Ray cluster address (default: local)"),
+        workers: int | None = typer.Option(
+            None, help="CPUs of the local Ray cluster (default: one per model)"
+        ),
+    ) -> None:
+        """Profile every model of SPEC as a separate task; write the runs and one comparison."""
+        from actscope.distributed import SweepError, load_sweep, require_ray, run_sweep
+
+        sweep = load_sweep(spec)
+        if not local:
+            require_ray("`actscope sweep` (add --local to run without Ray)")
+        target = Path(out or sweep.out or "runs/sweep")
+        names = ", ".join(m.name for m in sweep.models)
+        console.print(f"sweep of {len(sweep.models)} model(s): {names}")
+        result = run_sweep(
+            sweep,
+            target,
+            executor="local" if local else "ray",
+            address=address,
+            workers=workers,
+            on_done=lambda name, status: console.print(f"  {name}: {status}"),
+        )
+        for row in result.record["models"]:
+            if row["status"] == "ok":
+                typer.echo(f"{row['name']}: {row['tokens']} tokens, {row['tokens_per_s']} tok/s")
+        if result.comparison is not None:
+            typer.echo(str(result.comparison / "report.html"))
+        if result.errors:
+            failed = "; ".join(f"{n}: {e}" for n, e in result.errors.items())
+            raise SweepError(f"{len(result.errors)} model(s) of the sweep failed: {failed}")
