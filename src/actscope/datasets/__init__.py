@@ -1,0 +1,1 @@
+"""Example datasets shipped with actscope as package data."""

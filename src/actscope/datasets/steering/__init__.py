@@ -1,0 +1,1 @@
+"""Small behaviour datasets for steering (JSONL), written for actscope; see docs/steering.md."""

@@ -1,0 +1,1 @@
+"""actscope.interventions"""
