@@ -26,6 +26,7 @@ split and reported with F1 and ROC AUC on the held-out split.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,15 +49,16 @@ COMPARATORS = (">", "<")
 Lookup = Callable[["Condition"], Tensor]
 
 
-class Expr:
+class Expr(ABC):
     """A boolean combination of conditions, evaluated to a gate per sample (or per token)."""
 
+    @abstractmethod
     def leaves(self) -> list[Condition]:
-        raise NotImplementedError
+        """The conditions this expression reads."""
 
+    @abstractmethod
     def evaluate(self, lookup: Lookup) -> Tensor:
         """The combined boolean gate; ``lookup(leaf)`` gives each leaf's (B, 1) or (B, T) gate."""
-        raise NotImplementedError
 
     def __or__(self, other: Expr) -> Expr:
         return AnyOf((self, other))
@@ -67,9 +69,9 @@ class Expr:
     def __invert__(self) -> Expr:
         return NotOf(self)
 
+    @abstractmethod
     def with_per_token(self, per_token: bool) -> Expr:
         """The same expression with every leaf's ``per_token`` set to ``per_token``."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True, eq=False)
