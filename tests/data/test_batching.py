@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from tests._corpora import WORDS
 
 from actscope.data.batching import (
     TokenSequence,
@@ -18,21 +19,6 @@ from actscope.data.batching import (
 )
 from actscope.data.corpus import Corpus, Sample
 from actscope.errors import DataError
-
-WORDS = [
-    "alpha",
-    "beta",
-    "gamma",
-    "delta",
-    "epsilon",
-    "zeta",
-    "eta",
-    "theta",
-    "iota",
-    "kappa",
-    "lambda",
-    "mu",
-]
 
 
 def toy_corpus() -> Corpus:

@@ -54,6 +54,26 @@ class Handles:
             self.items.pop().remove()
 
 
+class HookOwner:
+    """Base of objects that register hooks with ``attach()`` and remove them with ``remove()``.
+
+    Gives them the context-manager protocol: ``with owner: ...`` attaches on entry and removes
+    exactly the owner's hooks on exit, also when the body raises.
+    """
+
+    def attach(self) -> Any:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
 def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Tensor, str | int]:
     if args and isinstance(args[0], Tensor):
         return args[0], 0

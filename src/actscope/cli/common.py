@@ -17,10 +17,13 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def token_progress(total: int | None, description: str = "tokens") -> Progress:
-    """A rich progress bar counting tokens, with throughput and ETA."""
+def token_progress(
+    total: int | None, description: str = "tokens", title: str | None = None
+) -> Progress:
+    """A rich progress bar counting tokens, with throughput and ETA (``title`` leads each line)."""
+    lead = [TextColumn(f"[bold]{title}"), TextColumn("{task.description}")] if title else []
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        *(lead or [TextColumn("[bold]{task.description}")]),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from actscope.capture import ForwardState, Handles, StopForward, attach, forward, sitemap_of
+from actscope.capture.hooks import HookOwner
 from actscope.errors import ActscopeError
 from actscope.interventions.steering.conditional import Condition, Expr
 from actscope.interventions.steering.vector import SteeringVector
@@ -193,7 +193,7 @@ class _LeafState:
     run_count: Tensor | None = None
 
 
-class Steering:
+class Steering(HookOwner):
     """Steer a model inside a ``with`` block (or between :meth:`attach` and :meth:`remove`).
 
     ``vector``: a :class:`SteeringVector`, a list of them (one per batch element, same site and
@@ -292,17 +292,6 @@ class Steering:
         """Remove exactly the hooks this object registered; the model is unsteered again."""
         self._handles.remove()
         self._tracker.reset()
-
-    def __enter__(self) -> Steering:
-        return self.attach()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
 
     @property
     def active(self) -> bool:
