@@ -8,7 +8,8 @@ Runs, in one process on the same batches (bf16, batch 8 x 256 by default):
    batch processed separately, statistics reduced with ``.item()`` in the hook and top-K
    kept in Python lists (same statistic families, minus the histogram quantiles).
 
-Prints tokens/s and the ratio of each to the plain forward pass; ``--json`` appends a record
+Plain and profile runs are interleaved ``--repeats`` times (medians). Prints tokens/s and
+the ratio of each to the plain forward pass; ``--json`` appends a record
 to ``benchmarks/results.jsonl``. The naive baseline is run on fewer batches (it is slow) and
 its time scaled per token.
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--naive-batches", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs; medians reported")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument(
@@ -90,13 +94,16 @@ def main() -> None:
     _plain(lm, batches[:1])  # warm-up
     collect(lm, batches[:1], cfg)
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
-    sync()
-    t_plain = _plain(lm, batches)
-    sync()
-    t0 = time.perf_counter()
-    state = collect(lm, batches, cfg)
-    sync()
-    t_prof = time.perf_counter() - t0
+    plain_runs, prof_runs = [], []
+    for _ in range(args.repeats):  # interleaved, so that drift in machine load hits both
+        sync()
+        plain_runs.append(_plain(lm, batches))
+        sync()
+        t0 = time.perf_counter()
+        state = collect(lm, batches, cfg)
+        sync()
+        prof_runs.append(time.perf_counter() - t0)
+    t_plain, t_prof = statistics.median(plain_runs), statistics.median(prof_runs)
     sites = [s.name for s in state.collector.sites]
     nb = batches[: args.naive_batches]
     n_naive = sum(int(b.attention_mask.sum()) for b in nb)
@@ -107,6 +114,9 @@ def main() -> None:
         "device": str(lm.device),
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "numba_threads": os.environ.get("NUMBA_NUM_THREADS", "default"),
+        "repeats": args.repeats,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "dtype": str(lm.dtype),
         "batch": f"{args.batch_size}x{args.seq_len}",
         "tokens": n_tok,
