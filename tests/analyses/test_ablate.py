@@ -77,6 +77,21 @@ def test_detection(tmp_path: Path, layout: str) -> None:
     assert (t.abs_threshold, t.ratio, t.median) == (100.0, 1000.0, "token")
 
 
+def test_onset_ignores_a_rare_early_hit(tmp_path: Path) -> None:
+    """A channel hit once at layer 0 and 30 times from layer 2 on starts at layer 2."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    counts = {"resid_post.0": 1, "resid_post.1": 2, "resid_post.2": 30, "resid_post.3": 32}
+    pd.DataFrame(
+        [
+            {"site": s, "kind": "resid_post", "layer": int(s[-1]), "channel": 7, "count": n}
+            for s, n in counts.items()
+        ]
+    ).to_parquet(tables / "massive_channels.parquet")
+    t = detect_targets(tmp_path)
+    assert t.first_seen == {7: "resid_post.2"} and t.sites == {"resid_post.2": [7]}
+
+
 def test_detection_from_massive_events_uses_the_layer_median(tmp_path: Path) -> None:
     path = _profile(tmp_path)
     (path / "tables" / "massive_channels.parquet").unlink()

@@ -4,8 +4,12 @@ Reproduces the intervention of Sun et al. (Massive Activations in LLMs) on any m
 
 1. **Detection, from a profile run** (no hard-coded channels): every residual-stream channel
    with entries meeting Sun's criterion (``tables/massive_channels.parquet``, per-token
-   median; else the ``massive`` events, layer-wide median) is a massive channel, first seen
-   at the earliest such site in execution order; the criterion's thresholds are read from
+   median; else the ``massive`` events, layer-wide median) is a massive channel. Its onset
+   ("first seen") is the earliest residual site, in execution order, where its massive-entry
+   count reaches half of its peak count over sites: Sun et al.'s massive activations appear
+   at one layer and persist, and a rare earlier hit (one token in a 100k-token profile)
+   would otherwise move the edit to a site where it almost never fires. The criterion's
+   thresholds are read from
    the profile's manifest (default 100 and 1000). Channels are ranked for the top-k
    experiment by their massive-entry count over residual sites, then by their largest
    recorded |a| over residual sites (top events, and per-channel ``max_abs`` rows of
@@ -50,6 +54,8 @@ from actscope.errors import DataError
 from actscope.interventions.ablate import EditCounter, channel_values, massive_entries
 
 RESIDUAL_KINDS = ("embed", "resid_pre", "resid_mid", "resid_post")
+ONSET_FRACTION = 0.5
+"""A channel's onset: the earliest residual site with at least this share of its peak count."""
 _KIND_ORDER = {"embed": 0, "resid_pre": 1, "resid_mid": 2, "resid_post": 3}
 
 
@@ -151,7 +157,9 @@ def detect_targets(profile: dict[str, Any] | str | Path) -> Targets:
         median = "layer"
     first_seen: dict[int, str] = {}
     for c, sub in chans.groupby("channel") if not chans.empty else []:
-        first_seen[int(c)] = min(sub["site"].unique(), key=_order)
+        per_site = sub.groupby("site")["count"].sum()
+        onset = per_site[per_site >= ONSET_FRACTION * per_site.max()].index
+        first_seen[int(c)] = min(onset, key=_order)
     sites: dict[str, list[int]] = {}
     for c, site in sorted(first_seen.items()):
         sites.setdefault(edit_site_of(site), []).append(c)

@@ -91,9 +91,9 @@ if nb is not None:
         c2: np.ndarray,
         cabs: np.ndarray,
         cmaxb: np.ndarray,
-        cn: np.ndarray,
     ) -> tuple[float, float, float, float, float, float]:
-        """Row of finite values: row sums in float32 lanes, column sums in float64."""
+        """Row of finite values: row sums in float32 lanes, column sums in float64 (the
+        per-channel count of a finite row is counted once per row by the caller)."""
         a2 = np.float32(0.0)
         a4 = np.float32(0.0)
         aa = np.float32(0.0)
@@ -124,7 +124,6 @@ if nb is not None:
                 cabs[d] += abs(v)
                 m = row[d] & _ABS
                 cmaxb[d] = m if m > cmaxb[d] else cmaxb[d]
-                cn[d] += 1
         for d in range(dim):
             h[(row[d] & _ABS) >> np.uint32(16)] += 1
         mx = _bits_to_f32(max_pos) if n_pos > 0 else -_bits_to_f32(min_neg)
@@ -166,13 +165,14 @@ if nb is not None:
         rmin: np.ndarray,
         row_max: np.ndarray,
         m_row: np.ndarray,
-        cn: np.ndarray,  # (nchunks, D) counted entries
+        cn: np.ndarray,  # (nchunks, D) counted entries of rows holding NaN/Inf
+        fin: np.ndarray,  # (nchunks,) finite rows (each counts once in every channel)
         c1: np.ndarray,  # (nchunks, D)
         c2: np.ndarray,
         cabs: np.ndarray,
         cmaxb: np.ndarray,  # (nchunks, D) uint32 bit patterns of max |x|
         mcol: np.ndarray,
-        hist: np.ndarray,  # (nchunks, NBINS)
+        hist: np.ndarray,  # (nchunks, NBINS) int32 (a batch holds < 2^31 entries)
         bad: np.ndarray,  # (nchunks, 3)
     ) -> None:
         rows, dim = raw.shape
@@ -191,8 +191,9 @@ if nb is not None:
                     t1 += fv[d]
                 if np.isfinite(t1):
                     a2, a4, aa, mx, mn, am = _finite_row(
-                        row, fv, dim, h, channels, c1[c], c2[c], cabs[c], cmaxb[c], cn[c]
+                        row, fv, dim, h, channels, c1[c], c2[c], cabs[c], cmaxb[c]
                     )
+                    fin[c] += 1
                     n = dim
                     a1 = np.float64(t1)
                 else:  # a NaN/Inf (or a float32 overflow of the sum): entry by entry
@@ -305,7 +306,7 @@ def partials(
     raw = _raw_bits(x.detach())
     rows, dim = raw.shape
     ok = valid.numpy().astype(np.bool_, copy=False)
-    nchunks = max(1, min(nb.get_num_threads() * 4, rows))
+    nchunks = max(1, min(nb.get_num_threads(), rows))
     f64 = np.float64
     z = np.zeros
     n_row, m_row = z(rows, np.int64), z(rows, np.int64)
@@ -320,7 +321,8 @@ def partials(
     )
     cmaxb = z((nchunks, cd), np.uint32)
     mcol = z((nchunks, dim), np.int64)
-    hist = z((nchunks, NBINS), np.int64)
+    hist = z((nchunks, NBINS), np.int32 if rows * dim < 2**31 else np.int64)
+    fin = z(nchunks, np.int64)
     bad = z((nchunks, 3), np.int64)
     _row_pass(
         raw,
@@ -340,6 +342,7 @@ def partials(
         row_max,
         m_row,
         cn,
+        fin,
         c1,
         c2,
         cabs,
@@ -348,7 +351,7 @@ def partials(
         hist,
         bad,
     )
-    n_col = cn.sum(0)
+    n_col = cn.sum(0) + fin.sum()
     col1 = c1.sum(0)
     power = None
     if channel_moments and channels:
@@ -372,7 +375,7 @@ def partials(
         cabs=cabs.sum(0),
         cmax=cmaxb.max(0).view(np.float32),
         m_col=mcol.sum(0),
-        hist=hist.sum(0),
+        hist=hist.sum(0, dtype=np.int64),
         nonfinite=bad.sum(0),
         power=power,
     )
