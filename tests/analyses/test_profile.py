@@ -63,6 +63,9 @@ def test_profile_writes_a_complete_run(tmp_path: Path) -> None:
     assert manifest["tokens"] == res.manifest["tokens"] > 0
     assert manifest["model"]["name"] == "tiny:llama" and manifest["corpus"]["hash"]
     assert {"torch", "transformers"} <= set(manifest["versions"])
+    # the run's wall time covers loading and collection, not only the writing
+    assert manifest["wall_seconds"] >= manifest["collect_seconds"] > 0
+    assert manifest["write_seconds"] > 0
     stats = pd.read_parquet(out / "tables/site_stats.parquet")
     assert {"site", "kind", "layer", "statistic", "value", "domain", "channel"} <= set(
         stats.columns

@@ -6,6 +6,7 @@ import pytest
 import torch
 from tests._corpora import word_corpus
 from tests._models import get_model
+from tests._sparsity import run_plan
 
 from actscope.analyses.sparsity import calibrate, corpus_part, token_batches
 from actscope.analyses.sparsity.quantiles import KEEP_ALL
@@ -18,15 +19,6 @@ from actscope.stats.histogram import REL_ERROR
 
 def _corpus(n: int = 24) -> Corpus:
     return word_corpus(n)
-
-
-def _realised(lm, plan, cal, data) -> Sparsifier:
-    sp = Sparsifier.from_plan(lm, plan, cal)
-    with torch.inference_mode(), sp:
-        for b in data.batches:
-            sp.set_mask(b.attention_mask)
-            forward(lm.model, b.input_ids, b.attention_mask)
-    return sp
 
 
 def test_teal_threshold_is_the_quantile_of_calibration_abs_values() -> None:
@@ -63,7 +55,7 @@ def test_calibration_hits_its_target_on_held_out_data_tiny() -> None:
     res = calibrate(lm, cal, rules=("teal", "wina"), targets=(0.4, 0.5))
     for rule in ("teal", "wina"):
         for target in (0.4, 0.5):
-            real = _realised(lm, res.calibration.plan(rule, target), res.calibration, held)
+            real = run_plan(lm, res.calibration.plan(rule, target), res.calibration, held)
             errs = [abs(v - target) for v in real.realised().values()]
             assert sum(errs) / len(errs) <= 0.03
 
@@ -141,7 +133,7 @@ def _held_out_errors(lm, refine_tokens: int) -> tuple[float, list[float]]:
     cal = token_batches(lm, corpus_part(corpus, 0.5, 0, 0), tokens=2048, seq_len=256)
     held = token_batches(lm, corpus_part(corpus, 0.5, 0, 1), tokens=2048, seq_len=256)
     res = calibrate(lm, cal, rules=("teal",), targets=(0.5,), refine_tokens=refine_tokens)
-    sp = _realised(lm, res.calibration.plan("teal", 0.5), res.calibration, held)
+    sp = run_plan(lm, res.calibration.plan("teal", 0.5), res.calibration, held)
     return sp.overall(), [v - 0.5 for v in sp.realised().values()]
 
 

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from tests._corpora import word_corpus
 from tests._models import get_model
+from tests._sparsity import run_plan
 
 from actscope.analyses.sparsity import calibrate, refine_plan, token_batches
-from actscope.capture import forward
 from actscope.data import Corpus
-from actscope.interventions.sparsify import Sparsifier
 
 
 def _corpus(n: int = 40) -> Corpus:
     return word_corpus(n)
-
-
-def _overall(lm, plan, cal, data) -> float:
-    sp = Sparsifier.from_plan(lm, plan, cal)
-    with torch.inference_mode(), sp:
-        for b in data.batches:
-            sp.set_mask(b.attention_mask)
-            forward(lm.model, b.input_ids, b.attention_mask)
-    return sp.overall()
 
 
 def test_refinement_corrects_the_compounding_overshoot() -> None:
@@ -35,8 +24,8 @@ def test_refinement_corrects_the_compounding_overshoot() -> None:
     p0, p1 = plain.plan("teal", 0.65), refined.calibration.plan("teal", 0.65)
     assert p0.levels == p1.levels and p0.thresholds != p1.thresholds
     assert p1.thresholds["q_in.0"] == pytest.approx(p0.thresholds["q_in.0"])  # no upstream unit
-    err0 = abs(_overall(lm, p0, plain, data) - 0.65)
-    err1 = abs(_overall(lm, p1, refined.calibration, data) - 0.65)
+    err0 = abs(run_plan(lm, p0, plain, data).overall() - 0.65)
+    err1 = abs(run_plan(lm, p1, refined.calibration, data).overall() - 0.65)
     assert err1 < err0 and err1 < 0.01
 
 
