@@ -73,3 +73,29 @@ def test_padding_rows_are_never_read() -> None:
     np.testing.assert_array_equal(a.hist, b.hist)
     np.testing.assert_array_equal(a.c1, b.c1)
     assert list(b.nonfinite) == [0, 0, 0]
+
+
+def _massive_direct(x: torch.Tensor, abs_t: float, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    a = x.float().abs()
+    med = a.sort(dim=1).values[:, (a.shape[1] + 1) // 2 - 1 : (a.shape[1] + 1) // 2]
+    hit = (a > abs_t) & (a >= ratio * med)
+    return hit.sum(1).numpy(), hit.sum(0).numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_massive_counts_with_and_without_the_median(dtype: torch.dtype) -> None:
+    """Rows whose max exceeds the absolute threshold but cannot hold a hit skip the median;
+    rows with small medians compute it; both give the direct per-token counts."""
+    torch.manual_seed(1)
+    x = torch.randn(200, 64).abs() * torch.logspace(-4, 1, 200)[:, None]  # medians 1e-4 .. 10
+    x[:, 5] = 150.0  # every row exceeds |a| > 100; a hit needs median <= 0.15
+    x[:, 9] = torch.linspace(50.0, 5000.0, 200)
+    x[7, :32] = 0.15  # exactly at the boundary: the lower median is 150 / 1000
+    x[7, 32:] = 1.0
+    x[7, 5] = 150.0
+    x = (x * torch.where(torch.rand(200, 64) < 0.5, -1.0, 1.0)).to(dtype)
+    p = partials(x, torch.ones(200, dtype=torch.bool), **KW)
+    m_row, m_col = _massive_direct(x, 100.0, 1000.0)
+    assert m_row.sum() > 0 and (m_row == 0).sum() > 0
+    np.testing.assert_array_equal(p.m_row, m_row)
+    np.testing.assert_array_equal(p.m_col, m_col)

@@ -243,11 +243,21 @@ if nb is not None:
                 rmin[r] = mn
                 row_max[r] = am
                 if massive and n > 0 and am > mthr:
+                    # A hit needs ratio * median <= |a| <= max |a|, i.e. median <= max / ratio,
+                    # and the lower median is <= lim only when at least (k + 1) // 2 entries
+                    # are: count them (cheap) and skip the median when too few are (no entry
+                    # of the row can then be a hit). The 1e-9 slack only ever keeps a row.
+                    lim = np.float64(am) / mratio * (1.0 + 1e-9)
                     k = 0
+                    small = 0
                     for d in range(dim):
                         if (row[d] & _F32_INF) != _F32_INF:
-                            fbuf[k] = abs(fv[d])
+                            a = abs(fv[d])
+                            fbuf[k] = a
                             k += 1
+                            small += 1 if a <= lim else 0
+                    if small < (k + 1) // 2:
+                        continue
                     med = _lower_median(fbuf, k)
                     cnt = 0
                     for d in range(dim):
