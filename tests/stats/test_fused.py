@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from actscope.stats.fused import partials
+from actscope.stats.fused import partials, topk_events
 
 KW = dict(
     channels=True, channel_moments=True, massive=True, massive_abs=100.0, massive_ratio=1000.0
@@ -99,3 +99,33 @@ def test_massive_counts_with_and_without_the_median(dtype: torch.dtype) -> None:
     assert m_row.sum() > 0 and (m_row == 0).sum() > 0
     np.testing.assert_array_equal(p.m_row, m_row)
     np.testing.assert_array_equal(p.m_col, m_col)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_topk_matches_the_torch_events(dtype: torch.dtype) -> None:
+    """The numba top-K picks the same events as ``Events.from_batch``, ties included."""
+    from actscope.stats import Coords
+    from actscope.stats.topk import Events
+
+    torch.manual_seed(2)
+    x = torch.randint(-40, 41, (96, 24)).float() / 8  # few distinct values: many exact ties
+    x[10] = x[50]  # identical rows in different samples and positions
+    x = x.to(dtype)
+    valid = torch.ones(96, dtype=torch.bool)
+    valid[[3, 50]] = False
+    ids = torch.randint(0, 50, (6, 16))
+    pos = torch.arange(16).flip(0).expand(6, 16)  # rank order differs from row order
+    coords = Coords.from_grid(
+        ids, torch.tensor([5, 1, 4, 2, 0, 3]), torch.zeros(6, dtype=torch.long), positions=pos
+    )
+    a = x.float().abs()
+    row_max = torch.where(valid, a.amax(1), 0.0)
+    for k in (1, 7, 40):
+        vals, rows, chans = topk_events(x, row_max, valid, coords.row_rank(), k)
+        mine = Events.from_rows(
+            torch.from_numpy(vals), torch.from_numpy(rows), torch.from_numpy(chans), coords
+        )
+        ref = Events.from_batch(a, row_max, valid, coords, k, None)
+        got, want = mine.to_numpy(), ref.to_numpy()
+        for f in want:
+            np.testing.assert_array_equal(got[f], want[f], err_msg=f"{f} k={k}")

@@ -294,6 +294,193 @@ if nb is not None:
                     o[2, d] += e2 * e
                     o[3, d] += e2 * e2
 
+    @nb.njit(cache=True, boundscheck=False, inline="always")
+    def _insert(keys: np.ndarray, a: np.ndarray, b: np.ndarray, key: int, x: int, y: int) -> None:
+        """Insert ``key`` (with payload x, y) into ``keys`` sorted descending, dropping the last."""
+        i = keys.shape[0] - 1
+        while i > 0 and keys[i - 1] < key:
+            keys[i] = keys[i - 1]
+            a[i] = a[i - 1]
+            b[i] = b[i - 1]
+            i -= 1
+        keys[i] = key
+        a[i] = x
+        b[i] = y
+
+    @nb.njit(cache=True, boundscheck=False)
+    def _topk(
+        raw: np.ndarray, row_max: np.ndarray, row_ok: np.ndarray, rank: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``k`` entries of |x| under the total order of :mod:`actscope.stats.topk`.
+
+        Same keys as ``Events.from_batch``: candidate rows by ``bits(row max) << 31 | (2^31 - 1
+        - rank)``, then their entries by ``bits(|a|) << 31 | (2^31 - 1 - (order * D + d))``.
+        Returns (value float32, row, channel) sorted, empty slots -1.
+        """
+        rows, dim = raw.shape
+        low = (1 << 31) - 1
+        kr = min(k, rows)
+        rkeys = np.full(kr, -1, np.int64)
+        cand = np.full(kr, -1, np.int64)
+        dummy = np.zeros(kr, np.int64)
+        rm = row_max.view(np.int32)
+        for r in range(rows):
+            if not row_ok[r]:
+                continue
+            key = (np.int64(rm[r]) << 31) | (low - rank[r])
+            if key > rkeys[kr - 1]:
+                _insert(rkeys, cand, dummy, key, r, 0)
+        order = np.full(kr, -1, np.int64)
+        for j in range(kr):
+            if cand[j] >= 0:
+                order[j] = rank[cand[j]]
+        if rows * dim >= 1 << 31:  # rank among the candidates keeps the tie-break < 2^31
+            srt = np.argsort(order)
+            for i in range(kr):
+                order[srt[i]] = i
+        keys = np.full(k, -1, np.int64)
+        erow = np.full(k, -1, np.int64)
+        ech = np.full(k, -1, np.int64)
+        shift = 16 if raw.itemsize == 2 else 0
+        for j in range(kr):
+            r = cand[j]
+            if r < 0:
+                continue
+            base = order[j] * dim
+            for d in range(dim):
+                bits = (np.int64(raw[r, d]) << shift) & 0x7FFFFFFF
+                key = (bits << 31) | (low - (base + d))
+                if key > keys[k - 1]:
+                    _insert(keys, erow, ech, key, r, d)
+        vals = np.full(k, -1.0, np.float32)
+        vb = np.empty(1, np.int32)
+        for i in range(k):
+            if keys[i] >= 0:
+                vb[0] = np.int32(keys[i] >> 31)
+                vals[i] = vb.view(np.float32)[0]
+        return vals, erow, ech
+
+    @nb.njit(cache=True, boundscheck=False)
+    def _finish_rows(
+        valid: np.ndarray,
+        n_row: np.ndarray,
+        s1: np.ndarray,
+        s2: np.ndarray,
+        s4: np.ndarray,
+        sabs: np.ndarray,
+        rmax: np.ndarray,
+        rmin: np.ndarray,
+        row_max: np.ndarray,
+        m_row: np.ndarray,
+        dom: np.ndarray,
+        moments: bool,
+        domains: bool,
+        row_sums: np.ndarray,  # (9,) float64, updated in place
+        dom_sums: np.ndarray,  # (G, 9) float64
+        dom_max: np.ndarray,  # (G,) float32
+        extrema: np.ndarray,  # (3,) float64: -min, max, largest token kurtosis
+    ) -> None:
+        """Per-row columns of :data:`actscope.stats.readout.ROW_COLUMNS` summed per site and
+        per domain, and the extrema; the OSP token kurtosis ``max(0, m4 / var^2 - 3)`` with
+        ``var = m2 - m1^2`` (defined where ``var > 0`` and the ratio is finite), as
+        :func:`actscope.stats.moments.token_kurtosis`."""
+        col = np.zeros(9)
+        for r in range(n_row.shape[0]):
+            n = n_row[r]
+            ok = valid[r] and n > 0
+            kt = 0.0
+            kok = False
+            if moments:
+                nn = np.float64(max(n, 1))
+                m1 = s1[r] / nn
+                m2 = s2[r] / nn
+                m4 = s4[r] / nn
+                var = m2 - m1 * m1
+                ratio = m4 / (var * var) if var != 0.0 else np.inf
+                if var > 0.0 and np.isfinite(ratio):
+                    kt = max(ratio - 3.0, 0.0)
+                    kok = ok
+                if ok:
+                    extrema[0] = max(extrema[0], -np.float64(rmin[r]))
+                    extrema[1] = max(extrema[1], np.float64(rmax[r]))
+                    if kok:
+                        extrema[2] = max(extrema[2], kt)
+            col[0] = 1.0 if valid[r] else 0.0
+            col[1] = n
+            col[2] = s1[r]
+            col[3] = s2[r] if moments else 0.0
+            col[4] = sabs[r]
+            col[5] = kt
+            col[6] = 1.0 if kok else 0.0
+            col[7] = m_row[r]
+            col[8] = 1.0 if m_row[r] > 0 else 0.0
+            for j in range(9):
+                row_sums[j] += col[j]
+            if domains:
+                g = dom[r]
+                for j in range(9):
+                    dom_sums[g, j] += col[j]
+                if ok and row_max[r] > dom_max[g]:
+                    dom_max[g] = row_max[r]
+
+    @nb.njit(cache=True, boundscheck=False)
+    def _add_shifted_sums(
+        sums: np.ndarray, ref: np.ndarray, batch: np.ndarray, mean: np.ndarray
+    ) -> None:
+        """``sums += batch`` re-centred from the batch means onto ``ref`` (both (5, D) float64
+        ``[n, P1..P4]``): ``sum (x - ref)^p = sum_j C(p, j) (mean - ref)^(p-j) P_j``. Channels
+        without data yet take the batch mean as their reference."""
+        for d in range(sums.shape[1]):
+            if sums[0, d] <= 0:
+                ref[d] = mean[d]
+            dl = mean[d] - ref[d]
+            n, p1, p2, p3, p4 = batch[0, d], batch[1, d], batch[2, d], batch[3, d], batch[4, d]
+            d2 = dl * dl
+            sums[0, d] += n
+            sums[1, d] += p1 + n * dl
+            sums[2, d] += p2 + 2.0 * dl * p1 + n * d2
+            sums[3, d] += p3 + 3.0 * dl * p2 + 3.0 * d2 * p1 + n * d2 * dl
+            sums[4, d] += p4 + 4.0 * dl * p3 + 6.0 * d2 * p2 + 4.0 * d2 * dl * p1 + n * d2 * d2
+
+
+def topk_events(
+    x: Tensor, row_max: Tensor, row_ok: Tensor, rank: Tensor, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(value, row, channel)`` of the batch's top-``k`` |x| (finite batches; see ``_topk``)."""
+    return _topk(
+        _raw_bits(x.detach()),
+        row_max.numpy(),
+        row_ok.numpy().astype(np.bool_, copy=False),
+        rank.numpy(),
+        k,
+    )
+
+
+def finish_rows(
+    p: Partials, valid: Tensor, dom: Tensor | None, moments: bool, state: dict[str, Tensor]
+) -> None:
+    """Add a batch's per-row partials to ``state`` tensors (CPU, updated in place)."""
+    g = state.get("dom_sums")
+    _finish_rows(
+        valid.numpy().astype(np.bool_, copy=False),
+        p.n_row,
+        p.s1,
+        p.s2,
+        p.s4,
+        p.sabs,
+        p.rmax,
+        p.rmin,
+        p.row_max,
+        p.m_row,
+        dom.numpy() if dom is not None else np.zeros(1, np.int64),
+        moments,
+        dom is not None,
+        state["row_sums"].numpy(),
+        g.numpy() if g is not None else np.zeros((1, 9)),
+        state["dom_max"].numpy() if g is not None else np.zeros(1, np.float32),
+        state["extrema"].numpy(),
+    )
+
 
 def _raw_bits(x: Tensor) -> np.ndarray:
     """(R, D) bit patterns: uint16 for bfloat16 (widened in the kernel), else float32 uint32."""
@@ -389,3 +576,8 @@ def partials(
         nonfinite=bad.sum(0),
         power=power,
     )
+
+
+def add_shifted_sums(sums: Tensor, ref: Tensor, batch: np.ndarray, mean: np.ndarray) -> None:
+    """In-place CPU version of ``ChannelMoments.add_power_sums`` (see ``_add_shifted_sums``)."""
+    _add_shifted_sums(sums.numpy(), ref.numpy(), batch, mean)

@@ -223,47 +223,31 @@ class SiteStats:
         n_row = t(p.n_row)
         row_ok = valid & (n_row > 0)
         row_max = t(p.row_max)
-        zero = torch.zeros(n_row.shape[0], dtype=torch.float64)
-        k_t, k_ok = zero, torch.zeros_like(valid)
-        if o.moments:
-            k_t, k_ok = token_kurtosis(n_row, t(p.s1), t(p.s2), t(p.s4))
-            k_ok = k_ok & row_ok
-            signed = torch.where(row_ok, torch.stack([-t(p.rmin), t(p.rmax)]), -math.inf).amax(1)
-            kmax = torch.where(k_ok, k_t, -math.inf).amax()
-            self.extrema = torch.maximum(self.extrema, torch.cat([signed.double(), kmax[None]]))
-        m_row = t(p.m_row)
         if o.massive:
             self.massive_channels += t(p.m_col)
-        per_row = torch.stack(
-            [
-                valid.double(),
-                n_row.double(),
-                t(p.s1),
-                t(p.s2) if o.moments else zero,
-                t(p.sabs),
-                k_t,
-                k_ok.double(),
-                m_row.double(),
-                (m_row > 0).double(),
-            ],
-            dim=1,
-        )
-        self.row_sums += per_row.sum(0)
+        state = {"row_sums": self.row_sums, "extrema": self.extrema}
         if o.domains:
-            dom = coords.domain_slot(o.max_domains)
-            self.dom_sums.index_add_(0, dom, per_row)
-            self.dom_max.scatter_reduce_(0, dom, torch.where(row_ok, row_max, -1.0), "amax")
+            state |= {"dom_sums": self.dom_sums, "dom_max": self.dom_max}
+        dom = coords.domain_slot(o.max_domains) if o.domains else None
+        fused.finish_rows(p, valid, dom, o.moments, state)
         if o.channels:
             self.ch_max = torch.maximum(self.ch_max, t(p.cmax))
             self.ch_sums += torch.stack([t(p.c1), t(p.c2), t(p.cabs)])
             self.ch_count += t(p.n_col)
         if o.channel_kurtosis and p.power is not None:
-            self.ch_moments.add_power_sums(t(p.power), t(p.c1) / t(p.n_col).clamp(min=1))
+            mean = p.c1 / np.maximum(p.n_col, 1)
+            fused.add_shifted_sums(self.ch_moments.sums, self.ch_moments.ref, p.power, mean)
         if o.histogram:
             self.hist.counts += t(p.hist)
             self.hist.exact = self.hist.exact and x.dtype == torch.bfloat16
         if o.extremes:
             finite = bool(p.nonfinite.sum() == 0)
+            if finite:  # one numba pass over the candidate rows, same keys as the torch path
+                vals, rows, chans = fused.topk_events(
+                    x, row_max, row_ok, coords.row_rank(), o.top_k
+                )
+                self.topk.add(Events.from_rows(t(vals), t(rows), t(chans), coords))
+                return
 
             def rows_abs(idx: Tensor) -> Tensor:
                 sub = x.index_select(0, idx).float().abs()

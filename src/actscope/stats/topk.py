@@ -66,6 +66,19 @@ class Events:
         return Events(*(t[index] for t in self.fields()))
 
     @staticmethod
+    def from_rows(value: Tensor, row: Tensor, channel: Tensor, coords: Coords) -> Events:
+        """Events at ``(row, channel)`` of a batch (``value`` -1 marks an empty slot)."""
+        r = row.clamp(min=0)
+        return Events(
+            value,
+            coords.sample_id.index_select(0, r).long(),
+            coords.position.index_select(0, r).long(),
+            coords.token_id.index_select(0, r).long(),
+            channel,
+            coords.domain_id.index_select(0, r).long(),
+        )
+
+    @staticmethod
     def from_batch(
         a: Tensor | Callable[[Tensor], Tensor],
         row_max: Tensor,
