@@ -8,6 +8,7 @@ the host: tensors are passed on as they are, on the device where they were compu
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,18 +55,20 @@ class Handles:
             self.items.pop().remove()
 
 
-class HookOwner:
+class HookOwner(ABC):
     """Base of objects that register hooks with ``attach()`` and remove them with ``remove()``.
 
     Gives them the context-manager protocol: ``with owner: ...`` attaches on entry and removes
     exactly the owner's hooks on exit, also when the body raises.
     """
 
+    @abstractmethod
     def attach(self) -> Any:
-        raise NotImplementedError
+        """Register the hooks; returns the owner."""
 
+    @abstractmethod
     def remove(self) -> None:
-        raise NotImplementedError
+        """Remove exactly the hooks this owner registered."""
 
     def __enter__(self) -> Any:
         return self.attach()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import console, load
+from actscope.cli.common import MODEL_HELP, console, load
 
 CLUE_OUT = Path("runs/clue")
 
@@ -16,9 +16,7 @@ CLUE_OUT = Path("runs/clue")
 def register(app: typer.Typer) -> None:
     @app.command("clue")
     def clue_cmd(
-        model: str = typer.Option(
-            "smollm2-135m", "--model", "-m", help="embedded name, path, GGUF, hub id or tiny:FAMILY"
-        ),
+        model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         out: Annotated[Path, typer.Option("--out", "-o", help="run directory to write")] = CLUE_OUT,
         n: int = typer.Option(300, "--n", "-n", help="arithmetic problems to generate and answer"),
         max_operand: int = typer.Option(60, "--max-operand", help="largest operand of + and -"),

@@ -16,6 +16,9 @@ from rich.progress import (
 
 console = Console(stderr=True)
 
+MODEL_HELP = "embedded name, path, GGUF, hub id or tiny:FAMILY"
+CORPUS_HELP = "'default', a .txt/.jsonl/.parquet file or a dataset folder"
+
 
 def token_progress(
     total: int | None, description: str = "tokens", title: str | None = None

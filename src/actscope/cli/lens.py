@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import console, load
+from actscope.cli.common import MODEL_HELP, console, load
 
 LENS_OUT = Path("runs/lens")
 
@@ -16,9 +16,7 @@ LENS_OUT = Path("runs/lens")
 def register(app: typer.Typer) -> None:
     @app.command("lens")
     def lens_cmd(
-        model: str = typer.Option(
-            "smollm2-135m", "--model", "-m", help="embedded name, path, GGUF, hub id or tiny:FAMILY"
-        ),
+        model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         prompts: str = typer.Option(
             "facts",
             "--prompts",

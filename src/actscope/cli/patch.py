@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import console, load, token_progress
+from actscope.cli.common import MODEL_HELP, console, load, token_progress
 
 PATCH_OUT = Path("runs/patch")
 
@@ -16,9 +16,7 @@ PATCH_OUT = Path("runs/patch")
 def register(app: typer.Typer) -> None:
     @app.command("patch")
     def patch_cmd(
-        model: str = typer.Option(
-            "smollm2-135m", "--model", "-m", help="embedded name, path, GGUF, hub id or tiny:FAMILY"
-        ),
+        model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         pairs: str = typer.Option(
             "ioi",
             "--pairs",

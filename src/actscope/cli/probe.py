@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import console, load
+from actscope.cli.common import MODEL_HELP, console, load
 
 PROBE_OUT = Path("runs/probe")
 
@@ -16,9 +16,7 @@ PROBE_OUT = Path("runs/probe")
 def register(app: typer.Typer) -> None:
     @app.command("probe")
     def probe_cmd(
-        model: str = typer.Option(
-            "smollm2-135m", "--model", "-m", help="embedded name, path, GGUF, hub id or tiny:FAMILY"
-        ),
+        model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         data: str = typer.Option(
             "cities_truth",
             "--data",

@@ -6,20 +6,18 @@ from pathlib import Path
 
 import typer
 
-from actscope.cli.common import console, load
+from actscope.cli.common import CORPUS_HELP, MODEL_HELP, console, load
 
 
 def register(app: typer.Typer) -> None:
     @app.command("profile")
     def profile_cmd(
-        model: str = typer.Option(
-            "smollm2-135m", "--model", "-m", help="embedded name, path, GGUF, hub id or tiny:FAMILY"
-        ),
+        model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         corpus: str = typer.Option(
             "default",
             "--corpus",
             "-c",
-            help="'default', a .txt/.jsonl/.parquet file or a dataset folder",
+            help=CORPUS_HELP,
         ),
         out: Path = typer.Option(
             Path("runs/profile"), "--out", "-o", help="run directory to write"

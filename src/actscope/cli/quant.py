@@ -8,13 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from actscope.cli.common import console, load
+from actscope.cli.common import CORPUS_HELP, MODEL_HELP, console, load
 
 QUANT_OUT = Path("runs/quant")
 COVARY_OUT = Path("runs/covary")
 IMATRIX_OUT = Path("imatrix.gguf")
-MODEL_HELP = "embedded name, path, GGUF, hub id or tiny:FAMILY"
-CORPUS_HELP = "'default', a .txt/.jsonl/.parquet file or a dataset folder"
 
 
 class StageBars:

@@ -8,11 +8,8 @@ from typing import Any
 
 import typer
 
-from actscope.cli.common import console, load, token_progress
+from actscope.cli.common import CORPUS_HELP, MODEL_HELP, console, load, token_progress
 from actscope.errors import ActscopeError
-
-MODEL_HELP = "embedded name, path, GGUF, hub id or tiny:FAMILY"
-CORPUS_HELP = "'default', a .txt/.jsonl/.parquet file or a dataset folder"
 
 
 def _floats(text: str, what: str) -> list[float]:

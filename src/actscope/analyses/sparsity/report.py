@@ -92,33 +92,11 @@ def calibrate_report(res: CalibrationResult, model: dict[str, Any]) -> Report:
     t = res.thresholds
     uni = t[(t.allocation == "uniform") & (t.threshold > 0)]
     if not uni.empty:
-        rules = list(dict.fromkeys(uni.rule))
-        fig, axes = new_figure(ncols=len(rules), width=4.6)
-        axes = axes if hasattr(axes, "__len__") else [axes]
-        for ax, rule in zip(axes, rules, strict=True):
-            g = uni[(uni.rule == rule) & (uni.target == uni.target.max())]
-            g = g.assign(kind=g.site.str.split(".").str[0])
-            for kind, gk in g.groupby("kind", sort=False):
-                ax.semilogy(gk.layer, gk.threshold, marker=".", label=kind)
-            ax.set_title(f"{rule} (uniform, s={g.target.max():g})")
-            ax.set_xlabel("layer")
-        axes[0].set_ylabel("threshold on the score")
-        axes[0].legend(fontsize=7)
+        fig = _per_layer_figure(uni, "threshold", "threshold on the score", "uniform, s=", log=True)
         rep.figure(fig, "Calibrated thresholds per layer and unit", heading="Thresholds")
     gr = t[t.allocation == "greedy"]
     if not gr.empty:
-        rules = list(dict.fromkeys(gr.rule))
-        fig, axes = new_figure(ncols=len(rules), width=4.6)
-        axes = axes if hasattr(axes, "__len__") else [axes]
-        for ax, rule in zip(axes, rules, strict=True):
-            g = gr[(gr.rule == rule) & (gr.target == gr.target.max())]
-            g = g.assign(kind=g.site.str.split(".").str[0])
-            for kind, gk in g.groupby("kind", sort=False):
-                ax.plot(gk.layer, gk.level, marker=".", label=kind)
-            ax.set_title(f"{rule} greedy, target {g.target.max():g}")
-            ax.set_xlabel("layer")
-        axes[0].set_ylabel("unit sparsity level")
-        axes[0].legend(fontsize=7)
+        fig = _per_layer_figure(gr, "level", "unit sparsity level", "greedy, target ", log=False)
         rep.figure(
             fig,
             "Greedy per-block allocation: sparsity level of every unit",
@@ -274,3 +252,20 @@ def bench_report(
                 float_fmt="{:.4g}",
             )
     return rep
+
+
+def _per_layer_figure(df: Any, column: str, ylabel: str, title: str, log: bool) -> Any:
+    """One panel per rule: ``column`` per layer and unit kind at the rule's largest target."""
+    rules = list(dict.fromkeys(df.rule))
+    fig, axes = new_figure(ncols=len(rules), width=4.6)
+    axes = axes if hasattr(axes, "__len__") else [axes]
+    for ax, rule in zip(axes, rules, strict=True):
+        g = df[(df.rule == rule) & (df.target == df.target.max())]
+        g = g.assign(kind=g.site.str.split(".").str[0])
+        for kind, gk in g.groupby("kind", sort=False):
+            (ax.semilogy if log else ax.plot)(gk.layer, gk[column], marker=".", label=kind)
+        ax.set_title(f"{rule} ({title}{g.target.max():g})")
+        ax.set_xlabel("layer")
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=7)
+    return fig

@@ -75,10 +75,15 @@ class Expr(ABC):
 
 
 @dataclass(frozen=True, eq=False)
-class AnyOf(Expr):
-    """Fires when any part fires."""
+class _Junction(Expr):
+    """Parts combined elementwise by :meth:`join` (``|`` for AnyOf, ``&`` for AllOf)."""
 
     parts: tuple[Expr, ...]
+
+    @staticmethod
+    @abstractmethod
+    def join(a: Tensor, b: Tensor) -> Tensor:
+        """The two masks combined."""
 
     def leaves(self) -> list[Condition]:
         return [c for p in self.parts for c in p.leaves()]
@@ -86,30 +91,29 @@ class AnyOf(Expr):
     def evaluate(self, lookup: Lookup) -> Tensor:
         out = self.parts[0].evaluate(lookup)
         for p in self.parts[1:]:
-            out = out | p.evaluate(lookup)
+            out = self.join(out, p.evaluate(lookup))
         return out
 
     def with_per_token(self, per_token: bool) -> Expr:
-        return AnyOf(tuple(p.with_per_token(per_token) for p in self.parts))
+        return type(self)(tuple(p.with_per_token(per_token) for p in self.parts))
 
 
 @dataclass(frozen=True, eq=False)
-class AllOf(Expr):
+class AnyOf(_Junction):
+    """Fires when any part fires."""
+
+    @staticmethod
+    def join(a: Tensor, b: Tensor) -> Tensor:
+        return a | b
+
+
+@dataclass(frozen=True, eq=False)
+class AllOf(_Junction):
     """Fires when every part fires."""
 
-    parts: tuple[Expr, ...]
-
-    def leaves(self) -> list[Condition]:
-        return [c for p in self.parts for c in p.leaves()]
-
-    def evaluate(self, lookup: Lookup) -> Tensor:
-        out = self.parts[0].evaluate(lookup)
-        for p in self.parts[1:]:
-            out = out & p.evaluate(lookup)
-        return out
-
-    def with_per_token(self, per_token: bool) -> Expr:
-        return AllOf(tuple(p.with_per_token(per_token) for p in self.parts))
+    @staticmethod
+    def join(a: Tensor, b: Tensor) -> Tensor:
+        return a & b
 
 
 @dataclass(frozen=True, eq=False)
