@@ -115,13 +115,22 @@ def test_merge_of_two_halves_equals_the_whole() -> None:
     a = collect(lm, batches[:half], cfg)
     b = collect(lm, batches[half:], cfg)
     merged = finalize(a.merge(b), lm.tokenizer)
+    # Equal to float64 rounding, except the per-channel kurtosis: the first batch of each half
+    # takes its power sums about its own means, later ones about the running reference (float32
+    # block sums in the CPU kernel), so the two runs differ by float32 rounding there.
     for name in ("layers", "events", "massive_channels"):
+        w, m = whole.tables[name], merged.tables[name]
+        kurt = [c for c in w.columns if c.startswith("channel_kurtosis")]
         pd.testing.assert_frame_equal(
-            whole.tables[name], merged.tables[name], check_exact=False, rtol=1e-9, atol=0
+            w.drop(columns=kurt), m.drop(columns=kurt), check_exact=False, rtol=1e-9, atol=0
         )
+        pd.testing.assert_frame_equal(w[kurt], m[kurt], check_exact=False, rtol=1e-5)
     w = whole.tables["site_stats"].set_index(["site", "statistic", "domain", "channel"])["value"]
     m = merged.tables["site_stats"].set_index(["site", "statistic", "domain", "channel"])["value"]
-    pd.testing.assert_series_equal(w.sort_index(), m.sort_index(), rtol=1e-9)
+    w, m = w.sort_index(), m.sort_index()
+    kurt = w.index.get_level_values("statistic").str.startswith("channel_kurtosis")
+    pd.testing.assert_series_equal(w[~kurt], m[~kurt], rtol=1e-9)
+    pd.testing.assert_series_equal(w[kurt], m[kurt], rtol=1e-5)
     assert merged.manifest["tokens"] == whole.manifest["tokens"]
 
 

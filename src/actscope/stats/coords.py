@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,9 +46,7 @@ class Coords:
     position: Tensor
     token_id: Tensor
     domain_id: Tensor
-    _cache: dict[object, Tensor] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _cache: dict[object, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_grid(
@@ -90,6 +89,18 @@ class Coords:
             rank.scatter_(0, order, torch.arange(order.numel(), device=order.device))
             self._cache["rank"] = rank
         return rank
+
+    def host(self) -> np.ndarray:
+        """``(4, R)`` int64 numpy copy of sample_id, position, token_id, domain_id; cached."""
+        arr = self._cache.get("host")
+        if arr is None:
+            arr = (
+                torch.stack([self.sample_id, self.position, self.token_id, self.domain_id])
+                .cpu()
+                .numpy()
+            )
+            self._cache["host"] = arr
+        return arr  # type: ignore[return-value]
 
     def domain_slot(self, n_domains: int) -> Tensor:
         """``domain_id`` where it lies in ``[0, n_domains)``, else ``n_domains``; cached."""

@@ -144,6 +144,9 @@ class SiteStats:
         self.extrema = torch.full((3,), -math.inf, **f64)
         if o.extremes:
             self.topk = TopK(o.top_k, device)
+            # a lower bound of the K-th kept |x| (-1 until K events are kept): a batch whose
+            # values are all below it adds no event (fused CPU path)
+            self.topk_floor = -1.0
         if o.histogram:
             self.hist = AbsHistogram(device)
         if o.massive:
@@ -209,6 +212,9 @@ class SiteStats:
         kernel accumulates in float64); the tests compare both paths.
         """
         o = self.options
+        ref = None
+        if o.channel_kurtosis and self.ch_moments.sums.numpy()[0].min() > 0:
+            ref = self.ch_moments.ref.numpy()  # power sums about it in the same pass
         p = fused.partials(
             x,
             valid,
@@ -217,36 +223,40 @@ class SiteStats:
             massive=o.massive,
             massive_abs=o.massive_abs,
             massive_ratio=o.massive_ratio,
+            moment_ref=ref,
         )
         t = torch.from_numpy
-        self.nonfinite += t(p.nonfinite)
+        state = {"row_sums": self.row_sums, "extrema": self.extrema, "nonfinite": self.nonfinite}
+        if o.domains:
+            state |= {"dom_sums": self.dom_sums, "dom_max": self.dom_max}
+        if o.channels:
+            state |= {"ch_max": self.ch_max, "ch_sums": self.ch_sums, "ch_count": self.ch_count}
+        if o.channel_kurtosis:
+            state |= {"m_sums": self.ch_moments.sums, "m_ref": self.ch_moments.ref}
+        if o.massive:
+            state["massive"] = self.massive_channels
+        if o.histogram:
+            state["hist"] = self.hist.counts
+            self.hist.exact = self.hist.exact and x.dtype == torch.bfloat16
+        dom = coords.domain_slot(o.max_domains) if o.domains else None
+        fused.fold(p, valid, dom, o.moments, state)
         n_row = t(p.n_row)
         row_ok = valid & (n_row > 0)
         row_max = t(p.row_max)
-        if o.massive:
-            self.massive_channels += t(p.m_col)
-        state = {"row_sums": self.row_sums, "extrema": self.extrema}
-        if o.domains:
-            state |= {"dom_sums": self.dom_sums, "dom_max": self.dom_max}
-        dom = coords.domain_slot(o.max_domains) if o.domains else None
-        fused.finish_rows(p, valid, dom, o.moments, state)
-        if o.channels:
-            self.ch_max = torch.maximum(self.ch_max, t(p.cmax))
-            self.ch_sums += torch.stack([t(p.c1), t(p.c2), t(p.cabs)])
-            self.ch_count += t(p.n_col)
-        if o.channel_kurtosis and p.power is not None:
-            mean = p.c1 / np.maximum(p.n_col, 1)
-            fused.add_shifted_sums(self.ch_moments.sums, self.ch_moments.ref, p.power, mean)
-        if o.histogram:
-            self.hist.counts += t(p.hist)
-            self.hist.exact = self.hist.exact and x.dtype == torch.bfloat16
         if o.extremes:
-            finite = bool(p.nonfinite.sum() == 0)
+            finite = bool(p.chunk_bad.sum() == 0)
+            if finite and p.row_max.max() < self.topk_floor:
+                return  # every |x| of the batch is below the K-th kept event
             if finite:  # one numba pass over the candidate rows, same keys as the torch path
                 vals, rows, chans = fused.topk_events(
                     x, row_max, row_ok, coords.row_rank(), o.top_k
                 )
-                self.topk.add(Events.from_rows(t(vals), t(rows), t(chans), coords))
+                keep = vals >= max(self.topk_floor, 0.0)  # the others cannot be kept
+                self.topk_floor = max(self.topk_floor, float(vals[-1]))
+                if keep.any():
+                    r = rows[keep]
+                    sample, pos, tok, dom_id = coords.host()[:, r]
+                    self.topk.add_host((vals[keep], sample, pos, tok, chans[keep], dom_id))
                 return
 
             def rows_abs(idx: Tensor) -> Tensor:
@@ -335,6 +345,7 @@ class SiteStats:
         self.extrema = torch.maximum(self.extrema, other.extrema.to(dev))
         if o.extremes:
             self.topk.merge(other.topk)
+            self.topk_floor = max(self.topk_floor, other.topk_floor)
         if o.histogram:
             self.hist.merge(other.hist)
         if o.massive:
@@ -403,6 +414,8 @@ class SiteStats:
 
 def _move(holder: object, device: torch.device) -> None:
     """Move every tensor held by ``holder`` and by the state objects it holds, in place."""
+    if isinstance(holder, TopK):
+        holder.flush()  # queued host arrays become tensors of the current device first
     for name, value in vars(holder).items():
         if isinstance(value, Tensor):
             setattr(holder, name, value.to(device))

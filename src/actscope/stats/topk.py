@@ -172,16 +172,28 @@ class TopK:
         self.k = k
         self.kept = Events.empty(k, device)
         self.pending: list[Events] = []
+        self.pending_host: list[tuple[np.ndarray, ...]] = []
         self.flush_every = flush_every
 
     def add(self, events: Events) -> None:
         """Queue one batch's (or another state's) top-K list."""
         self.pending.append(events)
-        if len(self.pending) >= self.flush_every:
+        if len(self.pending) + len(self.pending_host) >= self.flush_every:
+            self.flush()
+
+    def add_host(self, fields: tuple[np.ndarray, ...]) -> None:
+        """Queue events given as host arrays in :data:`EVENT_FIELDS` order (CPU states only):
+        no tensor is built until the queue is merged."""
+        self.pending_host.append(fields)
+        if len(self.pending) + len(self.pending_host) >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:
         """Merge the queued lists into ``kept``."""
+        if self.pending_host:
+            cols = zip(*self.pending_host, strict=True)
+            self.pending.append(Events(*(torch.from_numpy(np.concatenate(c)) for c in cols)))
+            self.pending_host = []
         if self.pending:
             self.kept = Events.cat([self.kept, *self.pending]).best(self.k)
             self.pending = []

@@ -52,11 +52,13 @@ def options_for(site: Site, base: StatsOptions) -> StatsOptions:
 def find_aliases(lm: Any, sites: list[Site]) -> dict[str, str]:
     """Map every site to the first site (in execution order) that is the same tensor object.
 
-    Found on a 1 x 8 forward pass: identical Python tensor objects seen by two hooks are the
-    same activation (the model passes one object to both modules).
+    Found on a 1 x 8 forward pass: two hooks that see the same view of the same memory
+    (address, shape, strides, dtype, device) see the same activation (the model passes one
+    object to both modules). One dictionary lookup per site.
     """
     sm = sitemap_of(lm)
-    seen: list[tuple[Tensor, str]] = []
+    seen: dict[tuple[Any, ...], str] = {}
+    keep: list[Tensor] = []  # holds every probed tensor so that no address is reused
     alias: dict[str, str] = {}
 
     experts = {s.name for s in sites if s.mode == "expert"}
@@ -65,17 +67,9 @@ def find_aliases(lm: Any, sites: list[Site]) -> dict[str, str]:
         if name in experts:  # same tensor as mlp_in, but a different (routed) mask
             alias[name] = name
             return
-        for t, first in seen:
-            if t is value or (
-                t.data_ptr() == value.data_ptr()
-                and t.shape == value.shape
-                and t.stride() == value.stride()
-                and t.dtype == value.dtype
-            ):
-                alias[name] = first
-                return
-        seen.append((value, name))
-        alias[name] = name
+        keep.append(value)
+        key = (value.data_ptr(), tuple(value.shape), value.stride(), value.dtype, value.device)
+        alias[name] = seen.setdefault(key, name)
 
     ids = torch.arange(8, device=lm.device).unsqueeze(0) + 3
     with torch.inference_mode(), Trace(sm, [s.name for s in sites], consumers=[probe]):

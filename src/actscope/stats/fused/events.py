@@ -1,0 +1,90 @@
+"""Top-K events of one batch (numba), with the integer keys of :mod:`actscope.stats.topk`."""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from torch import Tensor
+
+from actscope.stats.fused.partials import raw_bits
+
+
+@nb.njit(cache=True, boundscheck=False, inline="always")
+def _insert(keys: np.ndarray, a: np.ndarray, b: np.ndarray, key: int, x: int, y: int) -> None:
+    """Insert ``key`` (with payload x, y) into ``keys`` sorted descending, dropping the last."""
+    i = keys.shape[0] - 1
+    while i > 0 and keys[i - 1] < key:
+        keys[i] = keys[i - 1]
+        a[i] = a[i - 1]
+        b[i] = b[i - 1]
+        i -= 1
+    keys[i] = key
+    a[i] = x
+    b[i] = y
+
+
+@nb.njit(cache=True, boundscheck=False)
+def _topk(
+    raw: np.ndarray, row_max: np.ndarray, row_ok: np.ndarray, rank: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` entries of |x| under the total order of :mod:`actscope.stats.topk`.
+
+    Same keys as ``Events.from_batch``: candidate rows by ``bits(row max) << 31 | (2^31 - 1
+    - rank)``, then their entries by ``bits(|a|) << 31 | (2^31 - 1 - (order * D + d))``.
+    Returns (value float32, row, channel) sorted, empty slots -1.
+    """
+    rows, dim = raw.shape
+    low = (1 << 31) - 1
+    kr = min(k, rows)
+    rkeys = np.full(kr, -1, np.int64)
+    cand = np.full(kr, -1, np.int64)
+    dummy = np.zeros(kr, np.int64)
+    rm = row_max.view(np.int32)
+    for r in range(rows):
+        if not row_ok[r]:
+            continue
+        key = (np.int64(rm[r]) << 31) | (low - rank[r])
+        if key > rkeys[kr - 1]:
+            _insert(rkeys, cand, dummy, key, r, 0)
+    order = np.full(kr, -1, np.int64)
+    for j in range(kr):
+        if cand[j] >= 0:
+            order[j] = rank[cand[j]]
+    if rows * dim >= 1 << 31:  # rank among the candidates keeps the tie-break < 2^31
+        srt = np.argsort(order)
+        for i in range(kr):
+            order[srt[i]] = i
+    keys = np.full(k, -1, np.int64)
+    erow = np.full(k, -1, np.int64)
+    ech = np.full(k, -1, np.int64)
+    shift = 16 if raw.itemsize == 2 else 0
+    for j in range(kr):
+        r = cand[j]
+        if r < 0:
+            continue
+        base = order[j] * dim
+        for d in range(dim):
+            bits = (np.int64(raw[r, d]) << shift) & 0x7FFFFFFF
+            key = (bits << 31) | (low - (base + d))
+            if key > keys[k - 1]:
+                _insert(keys, erow, ech, key, r, d)
+    vals = np.full(k, -1.0, np.float32)
+    vb = np.empty(1, np.int32)
+    for i in range(k):
+        if keys[i] >= 0:
+            vb[0] = np.int32(keys[i] >> 31)
+            vals[i] = vb.view(np.float32)[0]
+    return vals, erow, ech
+
+
+def topk_events(
+    x: Tensor, row_max: Tensor, row_ok: Tensor, rank: Tensor, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(value, row, channel)`` of the batch's top-``k`` |x| (finite batches; see ``_topk``)."""
+    return _topk(
+        raw_bits(x.detach()),
+        row_max.numpy(),
+        row_ok.numpy().astype(np.bool_, copy=False),
+        rank.numpy(),
+        k,
+    )

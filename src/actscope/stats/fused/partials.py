@@ -1,0 +1,185 @@
+"""``partials``: one kernel call over a batch, and the per-batch results it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+import torch
+from torch import Tensor
+
+from actscope.stats.fused.rows import power_pass, row_pass
+
+NBINS = 1 << 15
+
+
+@dataclass
+class Partials:
+    """Per-batch reductions of one kernel call (numpy; see the module docstring).
+
+    Per-row arrays, and per-chunk arrays (one slice per parallel chunk of rows, leading axis)
+    that the properties sum over the chunks; :func:`fold` adds them to a state in one call.
+    """
+
+    n_row: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+    s4: np.ndarray
+    sabs: np.ndarray
+    rmax: np.ndarray
+    rmin: np.ndarray
+    row_max: np.ndarray
+    m_row: np.ndarray
+    chunk_n: np.ndarray  # (C, D) counted entries of rows taken entry by entry (float64 path)
+    chunk_rows: np.ndarray  # (C,) rows of the block path: each counts once in every channel
+    chunk_sums: np.ndarray  # (C, 3, D) float64: sum x, sum x^2, sum |x|
+    chunk_maxbits: np.ndarray  # (C, D) uint32 bit patterns of max |x|
+    chunk_power: np.ndarray  # (C, 4, D) float64: P1..P4 about power_ref
+    chunk_massive: np.ndarray  # (C, D) massive entries per channel
+    chunk_hist: np.ndarray  # (C, NBINS)
+    chunk_bad: np.ndarray  # (C, 3): nan, +inf, -inf
+    power_ref: np.ndarray | None  # (D,) float64: the batch channel means, or the given reference
+
+    @property
+    def n_col(self) -> np.ndarray:
+        return self.chunk_n.sum(0) + self.chunk_rows.sum()
+
+    @property
+    def c1(self) -> np.ndarray:
+        return self.chunk_sums[:, 0].sum(0)
+
+    @property
+    def c2(self) -> np.ndarray:
+        return self.chunk_sums[:, 1].sum(0)
+
+    @property
+    def cabs(self) -> np.ndarray:
+        return self.chunk_sums[:, 2].sum(0)
+
+    @property
+    def cmax(self) -> np.ndarray:
+        return self.chunk_maxbits.max(0).view(np.float32)
+
+    @property
+    def m_col(self) -> np.ndarray:
+        return self.chunk_massive.sum(0)
+
+    @property
+    def hist(self) -> np.ndarray:
+        return self.chunk_hist.sum(0, dtype=np.int64)
+
+    @property
+    def nonfinite(self) -> np.ndarray:
+        return self.chunk_bad.sum(0)
+
+    @property
+    def power(self) -> np.ndarray | None:
+        """(5, D): n, P1..P4 about ``power_ref`` (None without channel moments)."""
+        if self.power_ref is None:
+            return None
+        return np.concatenate([self.n_col[None].astype(np.float64), self.chunk_power.sum(0)])
+
+
+def raw_bits(x: Tensor) -> np.ndarray:
+    """(R, D) bit patterns: uint16 for bfloat16 (widened in the kernel), else float32 uint32."""
+    if x.dtype == torch.bfloat16:
+        return x.contiguous().view(torch.int16).numpy().view(np.uint16)
+    return x.contiguous().to(torch.float32).numpy().view(np.uint32)
+
+
+def partials(
+    x: Tensor,
+    valid: Tensor,
+    *,
+    channels: bool,
+    channel_moments: bool,
+    massive: bool,
+    massive_abs: float,
+    massive_ratio: float,
+    moment_ref: np.ndarray | None = None,
+) -> Partials:
+    """All per-batch reductions of one CPU batch in one pass.
+
+    Power sums (``channel_moments``) are taken about ``moment_ref`` (float64 ``(D,)``, the
+    state's reference) in the same pass when it is given, else about the batch's channel
+    means in a second pass; ``Partials.power_ref`` says which.
+    """
+    raw = raw_bits(x.detach())
+    rows, dim = raw.shape
+    ok = valid.numpy().astype(np.bool_, copy=False)
+    nchunks = max(1, min(nb.get_num_threads(), rows))
+    f64 = np.float64
+    z = np.zeros
+    channels = channels or channel_moments
+    one_pass = channel_moments and moment_ref is not None
+    n_row, m_row = z(rows, np.int64), z(rows, np.int64)
+    s1, s2, s4, sabs = z(rows, f64), z(rows, f64), z(rows, f64), z(rows, f64)
+    rmax, rmin, row_max = z(rows, np.float32), z(rows, np.float32), z(rows, np.float32)
+    cd = dim if channels else 1
+    cn = z((nchunks, cd), np.int64)
+    csum = z((nchunks, 3, cd), f64)
+    cmaxb = z((nchunks, cd), np.uint32)
+    pw = z((nchunks, 4, dim if one_pass else 1), f64)
+    ref = np.ascontiguousarray(moment_ref, dtype=f64) if one_pass else z(1)
+    mcol = z((nchunks, dim), np.int64)
+    hist = z((nchunks, NBINS), np.int32 if rows * dim < 2**31 else np.int64)
+    fin = z(nchunks, np.int64)
+    bad = z((nchunks, 3), np.int64)
+    row_pass(
+        raw,
+        ok,
+        nchunks,
+        channels,
+        one_pass,
+        ref,
+        massive,
+        float(massive_abs),
+        float(massive_ratio),
+        n_row,
+        s1,
+        s2,
+        s4,
+        sabs,
+        rmax,
+        rmin,
+        row_max,
+        m_row,
+        cn,
+        fin,
+        csum,
+        cmaxb,
+        pw,
+        mcol,
+        hist,
+        bad,
+    )
+    power_ref = None
+    if channel_moments:
+        if one_pass:
+            power_ref = ref
+        else:  # about the batch means: a second pass
+            n_col = cn.sum(0) + fin.sum()
+            power_ref = csum[:, 0].sum(0) / np.maximum(n_col, 1)
+            pw = z((nchunks, 4, dim), f64)
+            power_pass(raw, ok, nchunks, power_ref, pw)
+    return Partials(
+        n_row=n_row,
+        s1=s1,
+        s2=s2,
+        s4=s4,
+        sabs=sabs,
+        rmax=rmax,
+        rmin=rmin,
+        row_max=row_max,
+        m_row=m_row,
+        chunk_n=cn,
+        chunk_rows=fin,
+        chunk_sums=csum,
+        chunk_maxbits=cmaxb,
+        chunk_power=pw,
+        chunk_massive=mcol,
+        chunk_hist=hist,
+        chunk_bad=bad,
+        power_ref=power_ref,
+    )

@@ -1,0 +1,393 @@
+"""The row pass: every per-row and per-channel reduction of one batch in one read.
+
+Rows are split into one contiguous chunk per numba thread. Each row is widened to float32 bit
+patterns once (bfloat16 is shifted left by 16 bits) and, when its float32 sum is finite and its
+values below 2^24, reduced in float32 lanes: row sums, signed max/min through monotone integer
+keys, max |x|, the |x| histogram; its per-channel sums (x, x^2, |x|, and the power sums of
+``x - ref``) go into float32 block accumulators four rows at a time, added to float64 every 32
+rows. Other rows (NaN/Inf, or huge values) are taken entry by entry in float64.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from actscope.stats.fused._common import (
+    ABS,
+    F32_INF,
+    FM,
+    bits_to_f32,
+    key_to_f32,
+    lower_median,
+    widen,
+)
+
+_BLOCK = 32  # rows per float32 block of the per-channel sums (then added in float64)
+_F32_SAFE = 2.0**24  # |x| and |ref| below this: x^4 sums of a block stay finite in float32
+
+
+# No "nnan"/"ninf" flags: the caller tests the sum for NaN/Inf. Reassociated float sums and
+# integer max/min of monotone bit-pattern keys vectorise without them.
+@nb.njit(cache=True, boundscheck=False, fastmath=FM)
+def _load_row(
+    raw: np.ndarray, row: np.ndarray, fv: np.ndarray
+) -> tuple[float, float, float, float, float, float, float]:
+    """Widen one row into ``row`` (float32 bits; ``fv`` the same memory as float32) and
+    return sum x, sum x^2, sum x^4, sum |x| (float32 lanes), max, min and max |x|.
+
+    Signed max/min are taken on the integer keys ``b ^ ((b >> 31) & 0x7FFFFFFF)`` of the
+    bit patterns ``b``, monotone in the float value (-0 < +0), which vectorise where float
+    max/min do not.
+    """
+    dim = row.shape[0]
+    t1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a4 = np.float32(0.0)
+    aa = np.float32(0.0)
+    kmax = np.int32(-(2**31) + 1)
+    kmin = np.int32(2**31 - 1)
+    amax = np.uint32(0)
+    ib = row.view(np.int32)
+    sh = np.uint32(16) if raw.itemsize == 2 else np.uint32(0)
+    for d in range(dim):
+        row[d] = np.uint32(raw[d]) << sh
+    for d in range(dim):
+        v = fv[d]
+        v2 = v * v
+        t1 += v
+        a2 += v2
+        a4 += v2 * v2
+        aa += abs(v)
+        b = ib[d]
+        key = b ^ ((b >> np.int32(31)) & np.int32(0x7FFFFFFF))
+        kmax = max(kmax, key)
+        kmin = min(kmin, key)
+        amax = max(amax, row[d] & ABS)
+    return t1, a2, a4, aa, key_to_f32(kmax), key_to_f32(kmin), bits_to_f32(amax)
+
+
+@nb.njit(cache=True, boundscheck=False, fastmath=True)
+def _channels_f32(row: np.ndarray, fv: np.ndarray, blk: np.ndarray, cmaxb: np.ndarray) -> None:
+    """Finite row into the float32 block sums ``blk`` (3, D): x, x^2, |x|; max |x| bits."""
+    for d in range(fv.shape[0]):
+        v = fv[d]
+        blk[0, d] += v
+        blk[1, d] += v * v
+        blk[2, d] += abs(v)
+        m = row[d] & ABS
+        cmaxb[d] = m if m > cmaxb[d] else cmaxb[d]
+
+
+@nb.njit(cache=True, boundscheck=False, fastmath=True)
+def _powers_f32(fv: np.ndarray, ref: np.ndarray, blk: np.ndarray) -> None:
+    """Finite row into the float32 block power sums ``blk`` (4, D) of ``x - ref``."""
+    for d in range(fv.shape[0]):
+        e = fv[d] - ref[d]
+        e2 = e * e
+        blk[0, d] += e
+        blk[1, d] += e2
+        blk[2, d] += e2 * e
+        blk[3, d] += e2 * e2
+
+
+@nb.njit(cache=True, boundscheck=False, fastmath=True)
+def _channels_f32_4(q: np.ndarray, qb: np.ndarray, blk: np.ndarray, cmaxb: np.ndarray) -> None:
+    """Four finite rows ``q`` (4, D) at once (``qb``: their bits): each accumulator is read
+    and written once per four rows."""
+    for d in range(q.shape[1]):
+        v0, v1, v2, v3 = q[0, d], q[1, d], q[2, d], q[3, d]
+        blk[0, d] += (v0 + v1) + (v2 + v3)
+        blk[1, d] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3)
+        blk[2, d] += (abs(v0) + abs(v1)) + (abs(v2) + abs(v3))
+        m = max(max(qb[0, d] & ABS, qb[1, d] & ABS), max(qb[2, d] & ABS, qb[3, d] & ABS))
+        cmaxb[d] = m if m > cmaxb[d] else cmaxb[d]
+
+
+@nb.njit(cache=True, boundscheck=False, fastmath=True)
+def _powers_f32_4(q: np.ndarray, ref: np.ndarray, blk: np.ndarray) -> None:
+    """Four finite rows ``q`` (4, D) into the float32 power sums of ``x - ref``."""
+    for d in range(q.shape[1]):
+        r = ref[d]
+        e0, e1, e2, e3 = q[0, d] - r, q[1, d] - r, q[2, d] - r, q[3, d] - r
+        f0, f1, f2, f3 = e0 * e0, e1 * e1, e2 * e2, e3 * e3
+        blk[0, d] += (e0 + e1) + (e2 + e3)
+        blk[1, d] += (f0 + f1) + (f2 + f3)
+        blk[2, d] += (f0 * e0 + f1 * e1) + (f2 * e2 + f3 * e3)
+        blk[3, d] += (f0 * f0 + f1 * f1) + (f2 * f2 + f3 * f3)
+
+
+@nb.njit(cache=True, boundscheck=False)
+def _flush(blk: np.ndarray, acc: np.ndarray) -> None:
+    """``acc`` (float64) += ``blk`` (float32); ``blk`` = 0."""
+    for i in range(blk.shape[0]):
+        for d in range(blk.shape[1]):
+            acc[i, d] += blk[i, d]
+            blk[i, d] = 0.0
+
+
+@nb.njit(cache=True, boundscheck=False)
+def _entries_f64(
+    row: np.ndarray,
+    fv: np.ndarray,
+    channels: bool,
+    fused_moments: bool,
+    ref: np.ndarray,
+    cn: np.ndarray,
+    csum: np.ndarray,
+    cmaxb: np.ndarray,
+    pw: np.ndarray,
+    h: np.ndarray,
+    bad: np.ndarray,
+) -> tuple[int, float, float, float, float, float, float, float]:
+    """A row holding NaN/Inf, or too large for float32 powers: entry by entry in float64.
+
+    Non-finite entries are counted in ``bad`` (nan, +inf, -inf) and excluded from the rest.
+    Returns the row's n, sum x, sum x^2, sum x^4, sum |x|, max, min and max |x|.
+    """
+    n = 0
+    a1 = 0.0
+    a2 = 0.0
+    a4 = 0.0
+    aa = 0.0
+    mx = -np.inf
+    mn = np.inf
+    am = 0.0
+    for d in range(fv.shape[0]):
+        bits = row[d]
+        if (bits & F32_INF) == F32_INF:
+            if (bits & np.uint32(0x007FFFFF)) != 0:
+                bad[0] += 1
+            elif bits >> np.uint32(31):
+                bad[2] += 1
+            else:
+                bad[1] += 1
+            continue
+        v = np.float64(fv[d])
+        a = abs(v)
+        h[(bits & ABS) >> np.uint32(16)] += 1
+        n += 1
+        a1 += v
+        a2 += v * v
+        a4 += v * v * v * v
+        aa += a
+        mx = max(mx, v)
+        mn = min(mn, v)
+        am = max(am, a)
+        if channels:
+            cn[d] += 1
+            csum[0, d] += v
+            csum[1, d] += v * v
+            csum[2, d] += a
+            mb = bits & ABS
+            cmaxb[d] = mb if mb > cmaxb[d] else cmaxb[d]
+        if fused_moments:
+            e = v - ref[d]
+            e2 = e * e
+            pw[0, d] += e
+            pw[1, d] += e2
+            pw[2, d] += e2 * e
+            pw[3, d] += e2 * e2
+    return n, a1, a2, a4, aa, mx, mn, am
+
+
+@nb.njit(cache=True, boundscheck=False, fastmath=FM)
+def _massive_row(
+    row: np.ndarray,
+    fv: np.ndarray,
+    am: float,
+    mthr: float,
+    mratio: float,
+    fbuf: np.ndarray,
+    cand: np.ndarray,
+    mcol: np.ndarray,
+) -> int:
+    """Sun et al.'s hits of one row: ``|x| > mthr`` and ``|x| >= mratio * lower median``.
+
+    The lower median is the ``need = ceil(k/2)``-th smallest of the k finite |x|, and
+    ``mratio * med <= a`` iff at least ``need`` entries ``e`` have ``mratio * e <= a``
+    (``e -> mratio * e`` is monotone). So a candidate ``a`` (``> mthr``) is tested by one
+    counting pass, without a selection; the median is selected only for rows with many
+    candidates. Rows where even the max fails are dropped after one pass.
+    """
+    dim = fv.shape[0]
+    k = 0
+    small = 0
+    nc = 0
+    for d in range(dim):
+        ok = (row[d] & F32_INF) != F32_INF
+        a = abs(fv[d])
+        k += 1 if ok else 0
+        small += 1 if ok and mratio * a <= am else 0
+        nc += 1 if ok and a > mthr else 0
+    need = (k + 1) // 2
+    if small < need:
+        return 0
+    cnt = 0
+    if nc <= cand.shape[0]:
+        j = 0
+        for d in range(dim):
+            if (row[d] & F32_INF) != F32_INF and abs(fv[d]) > mthr:
+                cand[j] = d
+                j += 1
+        for i in range(nc):
+            c = cand[i]
+            a = np.float64(abs(fv[c]))
+            below = 0
+            for d in range(dim):
+                ok = (row[d] & F32_INF) != F32_INF
+                below += 1 if ok and mratio * abs(fv[d]) <= a else 0
+            if below >= need:
+                cnt += 1
+                mcol[c] += 1
+        return cnt
+    j = 0
+    for d in range(dim):
+        if (row[d] & F32_INF) != F32_INF:
+            fbuf[j] = abs(fv[d])
+            j += 1
+    med = np.float64(lower_median(fbuf, j))
+    for d in range(dim):
+        if (row[d] & F32_INF) != F32_INF:
+            a = abs(fv[d])
+            if a > mthr and a >= mratio * med:
+                cnt += 1
+                mcol[d] += 1
+    return cnt
+
+
+@nb.njit(parallel=True, cache=True, nogil=True, boundscheck=False, fastmath=FM)
+def row_pass(
+    raw: np.ndarray,  # (R, D) bit patterns: uint16 (bfloat16) or uint32 (float32)
+    valid: np.ndarray,
+    nchunks: int,
+    channels: bool,
+    fused_moments: bool,
+    ref: np.ndarray,  # (D,) float64 reference of the power sums (fused_moments)
+    massive: bool,
+    mthr: float,
+    mratio: float,
+    n_row: np.ndarray,
+    s1: np.ndarray,
+    s2: np.ndarray,
+    s4: np.ndarray,
+    sabs: np.ndarray,
+    rmax: np.ndarray,
+    rmin: np.ndarray,
+    row_max: np.ndarray,
+    m_row: np.ndarray,
+    cn: np.ndarray,  # (nchunks, D) counted entries of rows taking the float64 path
+    fin: np.ndarray,  # (nchunks,) rows of the float32 path (each counts once per channel)
+    csum: np.ndarray,  # (nchunks, 3, D) float64: sum x, sum x^2, sum |x|
+    cmaxb: np.ndarray,  # (nchunks, D) uint32 bit patterns of max |x|
+    pw: np.ndarray,  # (nchunks, 4, D) float64 power sums of x - ref (fused_moments)
+    mcol: np.ndarray,
+    hist: np.ndarray,  # (nchunks, NBINS) int32 (a batch holds < 2^31 entries)
+    bad: np.ndarray,  # (nchunks, 3)
+) -> None:
+    rows, dim = raw.shape
+    per = (rows + nchunks - 1) // nchunks
+    ref_ok = True
+    if fused_moments:
+        for d in range(dim):
+            ref_ok = ref_ok and abs(ref[d]) < _F32_SAFE
+    for c in nb.prange(nchunks):
+        h = hist[c]
+        fbuf = np.empty(dim, dtype=np.float32)
+        cand = np.empty(16, dtype=np.int64)
+        # rows are widened into one of four slots; the block path consumes them by fours
+        quadb = np.empty((4, dim), dtype=np.uint32)
+        quad = quadb.view(np.float32)
+        cb = np.zeros((3, dim if channels else 1), dtype=np.float32)
+        pb = np.zeros((4, dim if fused_moments else 1), dtype=np.float32)
+        ref32 = np.empty(dim if fused_moments else 1, dtype=np.float32)
+        if fused_moments:
+            for d in range(dim):
+                ref32[d] = ref[d]
+        slot = 0
+        inblk = 0
+        for r in range(c * per, min(rows, (c + 1) * per)):
+            if not valid[r]:
+                continue
+            row = quadb[slot]
+            fv = quad[slot]
+            t1, a2, a4, aa, mx, mn, am = _load_row(raw[r], row, fv)
+            # a finite sum means no NaN/Inf in the row (an overflow of the float32 sum only
+            # sends the row down the float64 path); so does |x| >= 2^24 (float32 powers)
+            small = np.isfinite(t1) and am < _F32_SAFE and ref_ok
+            if small:
+                for d in range(dim):
+                    h[(row[d] & ABS) >> np.uint32(16)] += 1
+                n = dim
+                a1 = np.float64(t1)
+                fin[c] += 1
+            else:
+                n, a1, a2, a4, aa, mx, mn, am = _entries_f64(
+                    row,
+                    fv,
+                    channels,
+                    fused_moments,
+                    ref,
+                    cn[c],
+                    csum[c],
+                    cmaxb[c],
+                    pw[c],
+                    h,
+                    bad[c],
+                )
+            n_row[r] = n
+            s1[r] = a1
+            s2[r] = a2
+            s4[r] = a4
+            sabs[r] = aa
+            rmax[r] = mx
+            rmin[r] = mn
+            row_max[r] = am
+            if massive and n > 0 and am > mthr:
+                m_row[r] = _massive_row(row, fv, am, mthr, mratio, fbuf, cand, mcol[c])
+            if small and channels:
+                slot += 1
+                if slot == 4:
+                    _channels_f32_4(quad, quadb, cb, cmaxb[c])
+                    if fused_moments:
+                        _powers_f32_4(quad, ref32, pb)
+                    slot = 0
+                    inblk += 4
+                    if inblk >= _BLOCK:
+                        _flush(cb, csum[c])
+                        if fused_moments:
+                            _flush(pb, pw[c])
+                        inblk = 0
+        for i in range(slot):  # the last rows (fewer than four)
+            _channels_f32(quadb[i], quad[i], cb, cmaxb[c])
+            if fused_moments:
+                _powers_f32(quad[i], ref32, pb)
+        _flush(cb, csum[c])
+        if fused_moments:
+            _flush(pb, pw[c])
+
+
+@nb.njit(parallel=True, cache=True, nogil=True, boundscheck=False, fastmath=FM)
+def power_pass(
+    raw: np.ndarray, valid: np.ndarray, nchunks: int, mean: np.ndarray, out: np.ndarray
+) -> None:
+    """out[c, p-1, d] = sum over counted entries of (x - mean[d])^p, p = 1..4."""
+    rows, dim = raw.shape
+    per = (rows + nchunks - 1) // nchunks
+    for c in nb.prange(nchunks):
+        o = out[c]
+        row = np.empty(dim, dtype=np.uint32)
+        fv = row.view(np.float32)
+        for r in range(c * per, min(rows, (c + 1) * per)):
+            if not valid[r]:
+                continue
+            widen(raw[r], row)
+            for d in range(dim):
+                e = np.float64(fv[d]) - mean[d]
+                if not np.isfinite(e):
+                    continue
+                e2 = e * e
+                o[0, d] += e
+                o[1, d] += e2
+                o[2, d] += e2 * e
+                o[3, d] += e2 * e2
