@@ -139,3 +139,33 @@ def test_topk_matches_the_torch_events(dtype: torch.dtype) -> None:
         got, want = mine.to_numpy(), ref.to_numpy()
         for f in want:
             np.testing.assert_array_equal(got[f], want[f], err_msg=f"{f} k={k}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rows_too_large_for_float32_powers_take_the_float64_path(dtype: torch.dtype) -> None:
+    """|x| >= 2^24 (x^4 could overflow a float32 block sum): the row is reduced in float64 and
+    matches the direct sums; the other rows keep the block path."""
+    torch.manual_seed(3)
+    x = torch.randn(40, 24) * 2
+    x[7, 5] = 3.0e9
+    x[20, 0] = -5.0e7
+    x = x.to(dtype)
+    valid = torch.ones(40, dtype=torch.bool)
+    ref = np.zeros(24)
+    p = partials(x, valid, **KW, moment_ref=ref)
+    d = _direct(x, valid)
+    np.testing.assert_allclose(p.s2, d["s2"], rtol=1e-6)
+    np.testing.assert_allclose(p.s4, d["s4"], rtol=1e-6)
+    np.testing.assert_allclose(p.c2, d["c2"], rtol=1e-6)
+    np.testing.assert_array_equal(p.cmax, d["cmax"])
+    np.testing.assert_array_equal(p.n_col, d["n_col"])
+    assert p.chunk_rows.sum() == 38 and p.chunk_n.sum() == 2 * 24  # two rows entry by entry
+    xd = x.double()
+    np.testing.assert_allclose(p.power[4], (xd**4).sum(0).numpy(), rtol=1e-6)
+    assert np.isfinite(p.power).all()
+    # a reference too large for float32 differences: every row goes entry by entry
+    big = np.full(24, 1.0e8)
+    q = partials(x, valid, **KW, moment_ref=big)
+    assert q.chunk_rows.sum() == 0
+    np.testing.assert_allclose(q.power[2], ((xd - 1.0e8) ** 2).sum(0).numpy(), rtol=1e-9)
+    np.testing.assert_allclose(q.c2, p.c2, rtol=1e-6)

@@ -16,7 +16,7 @@ NBINS = 1 << 15
 
 @dataclass
 class Partials:
-    """Per-batch reductions of one kernel call (numpy; see the module docstring).
+    """Per-batch reductions of one kernel call (numpy; see the package docstring).
 
     Per-row arrays, and per-chunk arrays (one slice per parallel chunk of rows, leading axis)
     that the properties sum over the chunks; :func:`fold` adds them to a state in one call.
