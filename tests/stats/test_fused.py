@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from actscope.stats.fused import partials, topk_events
+from actscope.stats.fused import event_fields, partials, topk_events
 
 KW = dict(
     channels=True, channel_moments=True, massive=True, massive_abs=100.0, massive_ratio=1000.0
@@ -132,9 +132,7 @@ def test_topk_matches_the_torch_events(dtype: torch.dtype) -> None:
     row_max = torch.where(valid, a.amax(1), 0.0)
     for k in (1, 7, 40):
         vals, rows, chans = topk_events(x, row_max, valid, coords.row_rank(), k)
-        mine = Events.from_rows(
-            torch.from_numpy(vals), torch.from_numpy(rows), torch.from_numpy(chans), coords
-        )
+        mine = Events(*map(torch.from_numpy, event_fields(vals, rows, chans, coords)))
         ref = Events.from_batch(a, row_max, valid, coords, k, None)
         got, want = mine.to_numpy(), ref.to_numpy()
         for f in want:

@@ -251,12 +251,11 @@ class SiteStats:
                 vals, rows, chans = fused.topk_events(
                     x, row_max, row_ok, coords.row_rank(), o.top_k
                 )
-                keep = vals >= max(self.topk_floor, 0.0)  # the others cannot be kept
+                # events below the floor cannot be kept
+                events = fused.event_fields(vals, rows, chans, coords, self.topk_floor)
                 self.topk_floor = max(self.topk_floor, float(vals[-1]))
-                if keep.any():
-                    r = rows[keep]
-                    sample, pos, tok, dom_id = coords.host()[:, r]
-                    self.topk.add_host((vals[keep], sample, pos, tok, chans[keep], dom_id))
+                if events[0].size:
+                    self.topk.add_host(events)
                 return
 
             def rows_abs(idx: Tensor) -> Tensor:

@@ -66,19 +66,6 @@ class Events:
         return Events(*(t[index] for t in self.fields()))
 
     @staticmethod
-    def from_rows(value: Tensor, row: Tensor, channel: Tensor, coords: Coords) -> Events:
-        """Events at ``(row, channel)`` of a batch (``value`` -1 marks an empty slot)."""
-        r = row.clamp(min=0)
-        return Events(
-            value,
-            coords.sample_id.index_select(0, r).long(),
-            coords.position.index_select(0, r).long(),
-            coords.token_id.index_select(0, r).long(),
-            channel,
-            coords.domain_id.index_select(0, r).long(),
-        )
-
-    @staticmethod
     def from_batch(
         a: Tensor | Callable[[Tensor], Tensor],
         row_max: Tensor,
@@ -178,13 +165,15 @@ class TopK:
     def add(self, events: Events) -> None:
         """Queue one batch's (or another state's) top-K list."""
         self.pending.append(events)
-        if len(self.pending) + len(self.pending_host) >= self.flush_every:
-            self.flush()
+        self._maybe_flush()
 
     def add_host(self, fields: tuple[np.ndarray, ...]) -> None:
         """Queue events given as host arrays in :data:`EVENT_FIELDS` order (CPU states only):
         no tensor is built until the queue is merged."""
         self.pending_host.append(fields)
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
         if len(self.pending) + len(self.pending_host) >= self.flush_every:
             self.flush()
 

@@ -30,11 +30,11 @@ except ImportError:  # pragma: no cover
     _AVAILABLE = False
 else:
     _AVAILABLE = True
-    from actscope.stats.fused.events import topk_events
+    from actscope.stats.fused.events import event_fields, topk_events
     from actscope.stats.fused.fold import fold
     from actscope.stats.fused.partials import NBINS, Partials, partials
 
-__all__ = ["NBINS", "Partials", "available", "fold", "partials", "topk_events"]
+__all__ = ["NBINS", "Partials", "available", "event_fields", "fold", "partials", "topk_events"]
 
 
 def available() -> bool:

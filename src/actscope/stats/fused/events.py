@@ -6,6 +6,7 @@ import numba as nb
 import numpy as np
 from torch import Tensor
 
+from actscope.stats.coords import Coords
 from actscope.stats.fused.partials import raw_bits
 
 
@@ -88,3 +89,13 @@ def topk_events(
         rank.numpy(),
         k,
     )
+
+
+def event_fields(
+    vals: np.ndarray, rows: np.ndarray, chans: np.ndarray, coords: Coords, floor: float = 0.0
+) -> tuple[np.ndarray, ...]:
+    """Host arrays in :data:`actscope.stats.topk.EVENT_FIELDS` order for the events of
+    :func:`topk_events` whose value is ``>= max(floor, 0)`` (empty slots are -1)."""
+    keep = vals >= max(floor, 0.0)
+    sample, position, token, domain = coords.host()[:, rows[keep]]
+    return vals[keep], sample, position, token, chans[keep], domain

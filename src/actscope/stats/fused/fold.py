@@ -14,15 +14,9 @@ from actscope.stats.fused.partials import Partials
 @nb.njit(cache=True, boundscheck=False)
 def _finish_rows(
     valid: np.ndarray,
-    n_row: np.ndarray,
-    s1: np.ndarray,
-    s2: np.ndarray,
-    s4: np.ndarray,
-    sabs: np.ndarray,
-    rmax: np.ndarray,
-    rmin: np.ndarray,
-    row_max: np.ndarray,
-    m_row: np.ndarray,
+    rs: np.ndarray,  # (4, R) float64 per-row sums (Partials.per_row_sums)
+    rx: np.ndarray,  # (3, R) float32 per-row extrema (Partials.per_row_ext)
+    rc: np.ndarray,  # (2, R) int64 per-row counts (Partials.per_row_counts)
     dom: np.ndarray,
     moments: bool,
     domains: bool,
@@ -36,43 +30,43 @@ def _finish_rows(
     ``var = m2 - m1^2`` (defined where ``var > 0`` and the ratio is finite), as
     :func:`actscope.stats.moments.token_kurtosis`."""
     col = np.zeros(9)
-    for r in range(n_row.shape[0]):
-        n = n_row[r]
+    for r in range(rc.shape[1]):
+        n = rc[0, r]
         ok = valid[r] and n > 0
         kt = 0.0
         kok = False
         if moments:
             nn = np.float64(max(n, 1))
-            m1 = s1[r] / nn
-            m2 = s2[r] / nn
-            m4 = s4[r] / nn
+            m1 = rs[0, r] / nn
+            m2 = rs[1, r] / nn
+            m4 = rs[2, r] / nn
             var = m2 - m1 * m1
             ratio = m4 / (var * var) if var != 0.0 else np.inf
             if var > 0.0 and np.isfinite(ratio):
                 kt = max(ratio - 3.0, 0.0)
                 kok = ok
             if ok:
-                extrema[0] = max(extrema[0], -np.float64(rmin[r]))
-                extrema[1] = max(extrema[1], np.float64(rmax[r]))
+                extrema[0] = max(extrema[0], -np.float64(rx[1, r]))
+                extrema[1] = max(extrema[1], np.float64(rx[0, r]))
                 if kok:
                     extrema[2] = max(extrema[2], kt)
         col[0] = 1.0 if valid[r] else 0.0
         col[1] = n
-        col[2] = s1[r]
-        col[3] = s2[r] if moments else 0.0
-        col[4] = sabs[r]
+        col[2] = rs[0, r]
+        col[3] = rs[1, r] if moments else 0.0
+        col[4] = rs[3, r]
         col[5] = kt
         col[6] = 1.0 if kok else 0.0
-        col[7] = m_row[r]
-        col[8] = 1.0 if m_row[r] > 0 else 0.0
+        col[7] = rc[1, r]
+        col[8] = 1.0 if rc[1, r] > 0 else 0.0
         for j in range(9):
             row_sums[j] += col[j]
         if domains:
             g = dom[r]
             for j in range(9):
                 dom_sums[g, j] += col[j]
-            if ok and row_max[r] > dom_max[g]:
-                dom_max[g] = row_max[r]
+            if ok and rx[2, r] > dom_max[g]:
+                dom_max[g] = rx[2, r]
 
 
 @nb.njit(cache=True, boundscheck=False)
@@ -172,15 +166,9 @@ def fold(
     g = state.get("dom_sums")
     _finish_rows(
         valid.numpy().astype(np.bool_, copy=False),
-        p.n_row,
-        p.s1,
-        p.s2,
-        p.s4,
-        p.sabs,
-        p.rmax,
-        p.rmin,
-        p.row_max,
-        p.m_row,
+        p.per_row_sums,
+        p.per_row_ext,
+        p.per_row_counts,
         dom.numpy() if dom is not None else _NONE_I,
         moments,
         dom is not None,

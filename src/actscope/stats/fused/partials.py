@@ -22,15 +22,9 @@ class Partials:
     that the properties sum over the chunks; :func:`fold` adds them to a state in one call.
     """
 
-    n_row: np.ndarray
-    s1: np.ndarray
-    s2: np.ndarray
-    s4: np.ndarray
-    sabs: np.ndarray
-    rmax: np.ndarray
-    rmin: np.ndarray
-    row_max: np.ndarray
-    m_row: np.ndarray
+    per_row_sums: np.ndarray  # (4, R) float64: sum x, sum x^2, sum x^4, sum |x|
+    per_row_ext: np.ndarray  # (3, R) float32: max, min, max |x|
+    per_row_counts: np.ndarray  # (2, R) int64: counted entries, massive entries
     chunk_n: np.ndarray  # (C, D) counted entries of rows taken entry by entry (float64 path)
     chunk_rows: np.ndarray  # (C,) rows of the block path: each counts once in every channel
     chunk_sums: np.ndarray  # (C, 3, D) float64: sum x, sum x^2, sum |x|
@@ -40,6 +34,42 @@ class Partials:
     chunk_hist: np.ndarray  # (C, NBINS)
     chunk_bad: np.ndarray  # (C, 3): nan, +inf, -inf
     power_ref: np.ndarray | None  # (D,) float64: the batch channel means, or the given reference
+
+    @property
+    def n_row(self) -> np.ndarray:
+        return self.per_row_counts[0]
+
+    @property
+    def m_row(self) -> np.ndarray:
+        return self.per_row_counts[1]
+
+    @property
+    def s1(self) -> np.ndarray:
+        return self.per_row_sums[0]
+
+    @property
+    def s2(self) -> np.ndarray:
+        return self.per_row_sums[1]
+
+    @property
+    def s4(self) -> np.ndarray:
+        return self.per_row_sums[2]
+
+    @property
+    def sabs(self) -> np.ndarray:
+        return self.per_row_sums[3]
+
+    @property
+    def rmax(self) -> np.ndarray:
+        return self.per_row_ext[0]
+
+    @property
+    def rmin(self) -> np.ndarray:
+        return self.per_row_ext[1]
+
+    @property
+    def row_max(self) -> np.ndarray:
+        return self.per_row_ext[2]
 
     @property
     def n_col(self) -> np.ndarray:
@@ -113,9 +143,11 @@ def partials(
     z = np.zeros
     channels = channels or channel_moments
     one_pass = channel_moments and moment_ref is not None
-    n_row, m_row = z(rows, np.int64), z(rows, np.int64)
-    s1, s2, s4, sabs = z(rows, f64), z(rows, f64), z(rows, f64), z(rows, f64)
-    rmax, rmin, row_max = z(rows, np.float32), z(rows, np.float32), z(rows, np.float32)
+    per_row_sums, per_row_ext, per_row_counts = (
+        z((4, rows), f64),
+        z((3, rows), np.float32),
+        z((2, rows), np.int64),
+    )
     cd = dim if channels else 1
     cn = z((nchunks, cd), np.int64)
     csum = z((nchunks, 3, cd), f64)
@@ -136,15 +168,9 @@ def partials(
         massive,
         float(massive_abs),
         float(massive_ratio),
-        n_row,
-        s1,
-        s2,
-        s4,
-        sabs,
-        rmax,
-        rmin,
-        row_max,
-        m_row,
+        per_row_sums,
+        per_row_ext,
+        per_row_counts,
         cn,
         fin,
         csum,
@@ -164,15 +190,9 @@ def partials(
             pw = z((nchunks, 4, dim), f64)
             power_pass(raw, ok, nchunks, power_ref, pw)
     return Partials(
-        n_row=n_row,
-        s1=s1,
-        s2=s2,
-        s4=s4,
-        sabs=sabs,
-        rmax=rmax,
-        rmin=rmin,
-        row_max=row_max,
-        m_row=m_row,
+        per_row_sums=per_row_sums,
+        per_row_ext=per_row_ext,
+        per_row_counts=per_row_counts,
         chunk_n=cn,
         chunk_rows=fin,
         chunk_sums=csum,

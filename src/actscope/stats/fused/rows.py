@@ -68,30 +68,6 @@ def _load_row(
 
 
 @nb.njit(cache=True, boundscheck=False, fastmath=True)
-def _channels_f32(row: np.ndarray, fv: np.ndarray, blk: np.ndarray, cmaxb: np.ndarray) -> None:
-    """Finite row into the float32 block sums ``blk`` (3, D): x, x^2, |x|; max |x| bits."""
-    for d in range(fv.shape[0]):
-        v = fv[d]
-        blk[0, d] += v
-        blk[1, d] += v * v
-        blk[2, d] += abs(v)
-        m = row[d] & ABS
-        cmaxb[d] = m if m > cmaxb[d] else cmaxb[d]
-
-
-@nb.njit(cache=True, boundscheck=False, fastmath=True)
-def _powers_f32(fv: np.ndarray, ref: np.ndarray, blk: np.ndarray) -> None:
-    """Finite row into the float32 block power sums ``blk`` (4, D) of ``x - ref``."""
-    for d in range(fv.shape[0]):
-        e = fv[d] - ref[d]
-        e2 = e * e
-        blk[0, d] += e
-        blk[1, d] += e2
-        blk[2, d] += e2 * e
-        blk[3, d] += e2 * e2
-
-
-@nb.njit(cache=True, boundscheck=False, fastmath=True)
 def _channels_f32_4(q: np.ndarray, qb: np.ndarray, blk: np.ndarray, cmaxb: np.ndarray) -> None:
     """Four finite rows ``q`` (4, D) at once (``qb``: their bits): each accumulator is read
     and written once per four rows."""
@@ -267,15 +243,9 @@ def row_pass(
     massive: bool,
     mthr: float,
     mratio: float,
-    n_row: np.ndarray,
-    s1: np.ndarray,
-    s2: np.ndarray,
-    s4: np.ndarray,
-    sabs: np.ndarray,
-    rmax: np.ndarray,
-    rmin: np.ndarray,
-    row_max: np.ndarray,
-    m_row: np.ndarray,
+    per_row_sums: np.ndarray,  # (4, R) float64: sum x, sum x^2, sum x^4, sum |x|
+    per_row_ext: np.ndarray,  # (3, R) float32: max, min, max |x|
+    per_row_counts: np.ndarray,  # (2, R) int64: counted entries, massive entries
     cn: np.ndarray,  # (nchunks, D) counted entries of rows taking the float64 path
     fin: np.ndarray,  # (nchunks,) rows of the float32 path (each counts once per channel)
     csum: np.ndarray,  # (nchunks, 3, D) float64: sum x, sum x^2, sum |x|
@@ -335,16 +305,16 @@ def row_pass(
                     h,
                     bad[c],
                 )
-            n_row[r] = n
-            s1[r] = a1
-            s2[r] = a2
-            s4[r] = a4
-            sabs[r] = aa
-            rmax[r] = mx
-            rmin[r] = mn
-            row_max[r] = am
+            per_row_counts[0, r] = n
+            per_row_sums[0, r] = a1
+            per_row_sums[1, r] = a2
+            per_row_sums[2, r] = a4
+            per_row_sums[3, r] = aa
+            per_row_ext[0, r] = mx
+            per_row_ext[1, r] = mn
+            per_row_ext[2, r] = am
             if massive and n > 0 and am > mthr:
-                m_row[r] = _massive_row(row, fv, am, mthr, mratio, fbuf, cand, mcol[c])
+                per_row_counts[1, r] = _massive_row(row, fv, am, mthr, mratio, fbuf, cand, mcol[c])
             if small and channels:
                 slot += 1
                 if slot == 4:
@@ -358,10 +328,14 @@ def row_pass(
                         if fused_moments:
                             _flush(pb, pw[c])
                         inblk = 0
-        for i in range(slot):  # the last rows (fewer than four)
-            _channels_f32(quadb[i], quad[i], cb, cmaxb[c])
+        if slot > 0:  # the last rows (fewer than four): pad with entries that add nothing
+            if channels:
+                quadb[slot:] = 0  # +0: no sum, no max
+                _channels_f32_4(quad, quadb, cb, cmaxb[c])
             if fused_moments:
-                _powers_f32(quad[i], ref32, pb)
+                for i in range(slot, 4):
+                    quad[i] = ref32  # x - ref = 0
+                _powers_f32_4(quad, ref32, pb)
         _flush(cb, csum[c])
         if fused_moments:
             _flush(pb, pw[c])
