@@ -167,3 +167,66 @@ def test_rows_too_large_for_float32_powers_take_the_float64_path(dtype: torch.dt
     assert q.chunk_rows.sum() == 0
     np.testing.assert_allclose(q.power[2], ((xd - 1.0e8) ** 2).sum(0).numpy(), rtol=1e-9)
     np.testing.assert_allclose(q.c2, p.c2, rtol=1e-6)
+
+
+def _bins(x: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
+    """Direct |x| histogram: bin = top 16 bits of float32 |x|, finite entries of valid rows."""
+    xf = x.float()
+    ok = torch.isfinite(xf) & valid[:, None]
+    bits = xf.abs()[ok].view(torch.int32) >> 16
+    return torch.bincount(bits.long(), minlength=1 << 15).numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_histogram_is_added_to_the_given_counts_and_the_scratch_is_left_zero(
+    dtype: torch.dtype,
+) -> None:
+    """Only the bins between a chunk's smallest and largest non-zero |x| (and bin 0) are
+    folded from the scratch: rows of zeros, tiny and huge values, NaN/Inf rows (whole range)
+    and padding all give the direct counts, and a second call adds to the first."""
+    from actscope.stats.fused.partials import _scratch
+
+    torch.manual_seed(4)
+    x = torch.randn(37, 50) * torch.logspace(-30, 30, 37)[:, None]
+    x[3] = 0.0
+    x[5, :10] = 0.0
+    x[9, 4] = float("nan")
+    x[11, 0] = float("-inf")
+    x[20, 7] = 1.0e-38  # subnormal in float32
+    x = x.to(dtype)
+    valid = torch.ones(37, dtype=torch.bool)
+    valid[30:33] = False
+    out = np.zeros(1 << 15, np.int64)
+    p = partials(x, valid, **KW, hist_out=out)
+    assert p.hist is out
+    np.testing.assert_array_equal(out, _bins(x, valid))
+    y = (torch.randn(6, 50) * 1e3).to(dtype)
+    partials(y, torch.ones(6, dtype=torch.bool), **KW, hist_out=out)
+    np.testing.assert_array_equal(out, _bins(x, valid) + _bins(y, torch.ones(6, dtype=bool)))
+    for scratch in (_scratch(n, dt) for n in (1, 2) for dt in (np.int32, np.int64)):
+        assert not scratch.any()
+    zero = partials(torch.zeros(4, 8, dtype=dtype), torch.ones(4, dtype=torch.bool), **KW)
+    assert zero.hist[0] == 32 and zero.hist.sum() == 32
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_row_extremes_at_the_edges_of_the_format(dtype: torch.dtype) -> None:
+    """Signed max/min and max |x| from the bit-pattern keys: all-negative, all-zero (signed
+    zeros), single-value and largest-finite rows."""
+    big = torch.finfo(dtype).max
+    tiny = torch.finfo(dtype).tiny
+    rows = [
+        [-3.0, -1.0, -2.0, -7.5],
+        [0.0, -0.0, 0.0, -0.0],
+        [2.5, 2.5, 2.5, 2.5],
+        [big, -big, 1.0, -1.0],
+        [tiny, -tiny, 0.0, 1e-3],
+        [-0.0, -5.0, 5.0, -5.0],
+    ]
+    x = torch.tensor(rows, dtype=torch.float32).to(dtype)
+    p = partials(x, torch.ones(len(rows), dtype=torch.bool), **KW)
+    xf = x.float()
+    np.testing.assert_array_equal(p.rmax, xf.amax(1).numpy())
+    np.testing.assert_array_equal(p.rmin, xf.amin(1).numpy())
+    np.testing.assert_array_equal(p.row_max, xf.abs().amax(1).numpy())
+    assert np.signbit(p.rmax[1]) == np.signbit(xf[1].amax().numpy())

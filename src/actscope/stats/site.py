@@ -224,6 +224,7 @@ class SiteStats:
             massive_abs=o.massive_abs,
             massive_ratio=o.massive_ratio,
             moment_ref=ref,
+            hist_out=self.hist.counts.numpy() if o.histogram else None,
         )
         t = torch.from_numpy
         state = {"row_sums": self.row_sums, "extrema": self.extrema, "nonfinite": self.nonfinite}
@@ -236,7 +237,6 @@ class SiteStats:
         if o.massive:
             state["massive"] = self.massive_channels
         if o.histogram:
-            state["hist"] = self.hist.counts
             self.hist.exact = self.hist.exact and x.dtype == torch.bfloat16
         dom = coords.domain_slot(o.max_domains) if o.domains else None
         fused.fold(p, valid, dom, o.moments, state)

@@ -14,7 +14,8 @@ pass itself. These kernels read each entry once, in parallel over chunks of rows
   and the power sums ``P_1..P_4`` of ``x - ref`` about the state's reference (float32 blocks of
   32 rows, then float64; the first batch of a state, which has no reference yet, takes a second
   pass about its own channel means);
-* the |x| histogram on the float32 bit-pattern bins of :mod:`actscope.stats.histogram`;
+* the |x| histogram on the float32 bit-pattern bins of :mod:`actscope.stats.histogram`, added
+  straight into the reducer's counts;
 * counts of NaN, +Inf and -Inf entries in valid rows (excluded from everything else).
 
 :func:`fold` adds them to a reducer's state in place and :func:`topk_events` selects the

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 F32_INF = np.uint32(0x7F800000)
 FM = {"reassoc", "contract", "arcp"}  # vectorise reductions; keep NaN/Inf semantics
@@ -19,7 +24,7 @@ def lower_median(buf: np.ndarray, n: int) -> float:
     return part[k]
 
 
-@nb.njit(cache=True, boundscheck=False, inline="always")
+@nb.njit(cache=True, boundscheck=False)
 def widen(raw: np.ndarray, out: np.ndarray) -> None:
     """float32 bit patterns of one row: bf16 (uint16) shifted left by 16, or copied."""
     if raw.itemsize == 2:
@@ -30,16 +35,31 @@ def widen(raw: np.ndarray, out: np.ndarray) -> None:
             out[d] = raw[d]
 
 
+@intrinsic
+def as_f32(typingctx: Any, bits: Any) -> Any:
+    """Reinterpret a 32-bit integer as float32 (a register bitcast: no array, no allocation)."""
+    if not (isinstance(bits, types.Integer) and bits.bitwidth == 32):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
 @nb.njit(cache=True, inline="always")
 def bits_to_f32(b: np.uint32) -> float:
-    buf = np.empty(1, dtype=np.uint32)
-    buf[0] = b
-    return buf.view(np.float32)[0]
+    return as_f32(np.uint32(b))
 
 
 @nb.njit(cache=True, inline="always")
 def key_to_f32(k: np.int32) -> float:
-    """Float of a monotone key (the map is its own inverse)."""
-    buf = np.empty(1, dtype=np.int32)
-    buf[0] = k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF))
-    return buf.view(np.float32)[0]
+    """Float of a monotone key ``b ^ ((b >> 31) & 0x7FFFFFFF)`` (the map is its own inverse)."""
+    return as_f32(np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+
+
+@nb.njit(cache=True, inline="always")
+def key16_to_f32(k: np.int16) -> float:
+    """Float of a monotone bfloat16 key ``b ^ ((b >> 15) & 0x7FFF)`` (int16 ``b``)."""
+    b = np.int32(np.int16(k ^ ((k >> np.int16(15)) & np.int16(0x7FFF))))
+    return as_f32(np.int32(b << np.int32(16)))

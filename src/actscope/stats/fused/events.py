@@ -7,6 +7,7 @@ import numpy as np
 from torch import Tensor
 
 from actscope.stats.coords import Coords
+from actscope.stats.fused._common import as_f32
 from actscope.stats.fused.partials import raw_bits
 
 
@@ -70,11 +71,9 @@ def _topk(
             if key > keys[k - 1]:
                 _insert(keys, erow, ech, key, r, d)
     vals = np.full(k, -1.0, np.float32)
-    vb = np.empty(1, np.int32)
     for i in range(k):
         if keys[i] >= 0:
-            vb[0] = np.int32(keys[i] >> 31)
-            vals[i] = vb.view(np.float32)[0]
+            vals[i] = as_f32(np.int32(keys[i] >> 31))
     return vals, erow, ech
 
 

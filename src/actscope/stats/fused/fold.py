@@ -1,5 +1,5 @@
 """Adding one batch's partials to a reducer's state: per-row columns, per-domain sums,
-extrema, and the per-chunk per-channel sums, histogram and counts (numba, in place)."""
+extrema, and the per-chunk per-channel sums and counts (numba, in place)."""
 
 from __future__ import annotations
 
@@ -98,9 +98,8 @@ def _fold_chunks(
     pw: np.ndarray,
     pref: np.ndarray,
     mcol: np.ndarray,
-    hist_c: np.ndarray,
     bad: np.ndarray,
-    flags: np.ndarray,  # bool: channels, channel moments, massive, histogram
+    flags: np.ndarray,  # bool: channels, channel moments, massive
     nonfinite: np.ndarray,
     ch_max: np.ndarray,
     ch_sums: np.ndarray,
@@ -108,17 +107,12 @@ def _fold_chunks(
     m_sums: np.ndarray,
     m_ref: np.ndarray,
     massive_ch: np.ndarray,
-    hist: np.ndarray,
 ) -> None:
     """Per-chunk partials summed into the state arrays (in place)."""
     chunks = cn.shape[0]
     for c in range(chunks):
         for j in range(3):
             nonfinite[j] += bad[c, j]
-    if flags[3]:
-        for c in range(chunks):
-            for b in range(hist_c.shape[1]):
-                hist[b] += hist_c[c, b]
     if flags[2]:
         for c in range(chunks):
             for d in range(mcol.shape[1]):
@@ -160,8 +154,9 @@ def fold(
 
     ``state`` holds ``row_sums``, ``extrema`` and ``nonfinite``, plus, for the groups that are
     on: ``dom_sums``/``dom_max`` (domains), ``ch_max``/``ch_sums``/``ch_count`` (channels),
-    ``m_sums``/``m_ref`` (channel moments: ``ChannelMoments.sums``/``ref``), ``massive``
-    (per-channel counts) and ``hist`` (histogram counts). Two numba calls, no temporaries.
+    ``m_sums``/``m_ref`` (channel moments: ``ChannelMoments.sums``/``ref``) and ``massive``
+    (per-channel counts). The histogram is not here: the kernel adds it to the reducer's
+    counts directly (``partials(..., hist_out=)``). Two numba calls, no temporaries.
     """
     g = state.get("dom_sums")
     _finish_rows(
@@ -177,7 +172,7 @@ def fold(
         state["dom_max"].numpy() if g is not None else _NONE_F32,
         state["extrema"].numpy(),
     )
-    has = [k in state for k in ("ch_sums", "m_sums", "massive", "hist")]
+    has = [k in state for k in ("ch_sums", "m_sums", "massive")]
     has[1] = has[1] and p.power_ref is not None
 
     def arr(key: str, empty: np.ndarray) -> np.ndarray:
@@ -191,7 +186,6 @@ def fold(
         p.chunk_power,
         p.power_ref if p.power_ref is not None else _NONE_F,
         p.chunk_massive,
-        p.chunk_hist,
         p.chunk_bad,
         np.array(has, dtype=np.bool_),
         state["nonfinite"].numpy(),
@@ -201,7 +195,6 @@ def fold(
         arr("m_sums", _NONE_F2),
         arr("m_ref", _NONE_F),
         arr("massive", _NONE_I),
-        arr("hist", _NONE_I),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numba as nb
@@ -12,6 +13,7 @@ from torch import Tensor
 from actscope.stats.fused.rows import power_pass, row_pass
 
 NBINS = 1 << 15
+_SCRATCH = threading.local()  # per thread: {(chunks, dtype): zeroed histogram scratch}
 
 
 @dataclass
@@ -31,7 +33,7 @@ class Partials:
     chunk_maxbits: np.ndarray  # (C, D) uint32 bit patterns of max |x|
     chunk_power: np.ndarray  # (C, 4, D) float64: P1..P4 about power_ref
     chunk_massive: np.ndarray  # (C, D) massive entries per channel
-    chunk_hist: np.ndarray  # (C, NBINS)
+    hist: np.ndarray  # (NBINS,) int64 the batch's |x| histogram was added to (see partials)
     chunk_bad: np.ndarray  # (C, 3): nan, +inf, -inf
     power_ref: np.ndarray | None  # (D,) float64: the batch channel means, or the given reference
 
@@ -96,10 +98,6 @@ class Partials:
         return self.chunk_massive.sum(0)
 
     @property
-    def hist(self) -> np.ndarray:
-        return self.chunk_hist.sum(0, dtype=np.int64)
-
-    @property
     def nonfinite(self) -> np.ndarray:
         return self.chunk_bad.sum(0)
 
@@ -109,6 +107,22 @@ class Partials:
         if self.power_ref is None:
             return None
         return np.concatenate([self.n_col[None].astype(np.float64), self.chunk_power.sum(0)])
+
+
+def per_chunk(rows: int, nchunks: int) -> int:
+    """Rows per chunk of the kernels (the last chunk may hold fewer)."""
+    return (rows + nchunks - 1) // nchunks
+
+
+def _scratch(nchunks: int, dtype: type) -> np.ndarray:
+    """This thread's (nchunks, NBINS) histogram scratch; the kernel leaves it zeroed."""
+    cache = getattr(_SCRATCH, "arrays", None)
+    if cache is None:
+        cache = _SCRATCH.arrays = {}
+    key = (nchunks, np.dtype(dtype).str)
+    if key not in cache:
+        cache[key] = np.zeros((nchunks, NBINS), dtype)
+    return cache[key]
 
 
 def raw_bits(x: Tensor) -> np.ndarray:
@@ -128,17 +142,21 @@ def partials(
     massive_abs: float,
     massive_ratio: float,
     moment_ref: np.ndarray | None = None,
+    hist_out: np.ndarray | None = None,
 ) -> Partials:
     """All per-batch reductions of one CPU batch in one pass.
 
     Power sums (``channel_moments``) are taken about ``moment_ref`` (float64 ``(D,)``, the
     state's reference) in the same pass when it is given, else about the batch's channel
-    means in a second pass; ``Partials.power_ref`` says which.
+    means in a second pass; ``Partials.power_ref`` says which. The |x| histogram is added to
+    ``hist_out`` (int64 ``(NBINS,)``, e.g. a reducer's counts) in place, or to a new zero
+    array; either is ``Partials.hist``. Rows are split into one chunk per launched numba
+    thread (``NUMBA_NUM_THREADS``; any number of chunks gives the same sums).
     """
     raw = raw_bits(x.detach())
     rows, dim = raw.shape
     ok = valid.numpy().astype(np.bool_, copy=False)
-    nchunks = max(1, min(nb.get_num_threads(), rows))
+    nchunks = max(1, min(nb.config.NUMBA_NUM_THREADS, rows))
     f64 = np.float64
     z = np.zeros
     channels = channels or channel_moments
@@ -155,7 +173,9 @@ def partials(
     pw = z((nchunks, 4, dim if one_pass else 1), f64)
     ref = np.ascontiguousarray(moment_ref, dtype=f64) if one_pass else z(1)
     mcol = z((nchunks, dim), np.int64)
-    hist = z((nchunks, NBINS), np.int32 if rows * dim < 2**31 else np.int64)
+    hist = _scratch(nchunks, np.int32 if per_chunk(rows, nchunks) * dim < 2**31 else np.int64)
+    if hist_out is None:
+        hist_out = z(NBINS, np.int64)
     fin = z(nchunks, np.int64)
     bad = z((nchunks, 3), np.int64)
     row_pass(
@@ -178,6 +198,7 @@ def partials(
         pw,
         mcol,
         hist,
+        hist_out,
         bad,
     )
     power_ref = None
@@ -199,7 +220,7 @@ def partials(
         chunk_maxbits=cmaxb,
         chunk_power=pw,
         chunk_massive=mcol,
-        chunk_hist=hist,
+        hist=hist_out,
         chunk_bad=bad,
         power_ref=power_ref,
     )
