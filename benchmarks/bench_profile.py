@@ -9,7 +9,8 @@ Runs, in one process on the same batches (bf16, batch 8 x 256 by default):
    kept in Python lists (same statistic families, minus the histogram quantiles).
 
 Plain and profile runs are interleaved ``--repeats`` times (medians). Prints tokens/s and
-the ratio of each to the plain forward pass; ``--json`` appends a record
+the ratio of each to the plain forward pass (ratio of the medians, and the median of the
+per-repeat ratios of each profile run to the plain run just before it); ``--json`` appends a record
 to ``benchmarks/results.jsonl``. The naive baseline is run on fewer batches (it is slow) and
 its time scaled per token.
 """
@@ -104,6 +105,7 @@ def main() -> None:
         sync()
         prof_runs.append(time.perf_counter() - t0)
     t_plain, t_prof = statistics.median(plain_runs), statistics.median(prof_runs)
+    paired = [b / a for a, b in zip(plain_runs, prof_runs, strict=True)]
     sites = [s.name for s in state.collector.sites]
     nb = batches[: args.naive_batches]
     n_naive = sum(int(b.attention_mask.sum()) for b in nb)
@@ -126,6 +128,9 @@ def main() -> None:
         "profile_tok_s": round(n_tok / t_prof, 1),
         "naive_tok_s": round(n_tok / t_naive, 1),
         "profile_over_plain": round(t_prof / t_plain, 3),
+        # each profile run over the plain run just before it (robust to drift in machine load)
+        "paired_ratios": [round(r, 3) for r in paired],
+        "paired_median": round(statistics.median(paired), 3),
         "naive_over_plain": round(t_naive / t_plain, 2),
         "date": time.strftime("%Y-%m-%d"),
     }

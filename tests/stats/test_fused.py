@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from actscope.stats.fused import event_fields, partials, topk_events
+from actscope.stats.fused.partials import raw_bits
 
 KW = dict(
     channels=True, channel_moments=True, massive=True, massive_abs=100.0, massive_ratio=1000.0
@@ -131,7 +132,10 @@ def test_topk_matches_the_torch_events(dtype: torch.dtype) -> None:
     a = x.float().abs()
     row_max = torch.where(valid, a.amax(1), 0.0)
     for k in (1, 7, 40):
-        vals, rows, chans = topk_events(x, row_max, valid, coords.row_rank(), k)
+        bits = raw_bits(x)
+        vals, rows, chans = topk_events(
+            bits, row_max.numpy(), valid.numpy(), coords.row_rank().numpy(), k
+        )
         mine = Events(*map(torch.from_numpy, event_fields(vals, rows, chans, coords)))
         ref = Events.from_batch(a, row_max, valid, coords, k, None)
         got, want = mine.to_numpy(), ref.to_numpy()
@@ -203,7 +207,7 @@ def test_histogram_is_added_to_the_given_counts_and_the_scratch_is_left_zero(
     y = (torch.randn(6, 50) * 1e3).to(dtype)
     partials(y, torch.ones(6, dtype=torch.bool), **KW, hist_out=out)
     np.testing.assert_array_equal(out, _bins(x, valid) + _bins(y, torch.ones(6, dtype=bool)))
-    for scratch in (_scratch(n, dt) for n in (1, 2) for dt in (np.int32, np.int64)):
+    for scratch in (_scratch(n, wide) for n in (1, 2) for wide in (False, True)):
         assert not scratch.any()
     zero = partials(torch.zeros(4, 8, dtype=dtype), torch.ones(4, dtype=torch.bool), **KW)
     assert zero.hist[0] == 32 and zero.hist.sum() == 32

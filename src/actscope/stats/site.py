@@ -226,7 +226,6 @@ class SiteStats:
             moment_ref=ref,
             hist_out=self.hist.counts.numpy() if o.histogram else None,
         )
-        t = torch.from_numpy
         state = {"row_sums": self.row_sums, "extrema": self.extrema, "nonfinite": self.nonfinite}
         if o.domains:
             state |= {"dom_sums": self.dom_sums, "dom_max": self.dom_max}
@@ -240,32 +239,32 @@ class SiteStats:
             self.hist.exact = self.hist.exact and x.dtype == torch.bfloat16
         dom = coords.domain_slot(o.max_domains) if o.domains else None
         fused.fold(p, valid, dom, o.moments, state)
-        n_row = t(p.n_row)
-        row_ok = valid & (n_row > 0)
-        row_max = t(p.row_max)
-        if o.extremes:
-            finite = bool(p.chunk_bad.sum() == 0)
-            if finite and p.row_max.max() < self.topk_floor:
+        if not o.extremes:
+            return
+        finite = not p.chunk_bad.any()
+        if finite:
+            if p.row_max.max() < self.topk_floor:
                 return  # every |x| of the batch is below the K-th kept event
-            if finite:  # one numba pass over the candidate rows, same keys as the torch path
-                vals, rows, chans = fused.topk_events(
-                    x, row_max, row_ok, coords.row_rank(), o.top_k
-                )
-                # events below the floor cannot be kept
-                events = fused.event_fields(vals, rows, chans, coords, self.topk_floor)
-                self.topk_floor = max(self.topk_floor, float(vals[-1]))
-                if events[0].size:
-                    self.topk.add_host(events)
-                return
+            # one numba pass over the candidate rows, same keys as the torch path
+            rank = coords.row_rank().numpy()
+            vals, rows, chans = fused.topk_events(p.bits, p.row_max, p.row_ok, rank, o.top_k)
+            # events below the floor cannot be kept
+            events = fused.event_fields(vals, rows, chans, coords, self.topk_floor)
+            self.topk_floor = max(self.topk_floor, float(vals[-1]))
+            if events[0].size:
+                self.topk.add_host(events)
+            return
 
-            def rows_abs(idx: Tensor) -> Tensor:
-                sub = x.index_select(0, idx).float().abs()
-                return sub if finite else torch.where(torch.isfinite(sub), sub, 0.0)
+        # NaN/Inf in the batch: the torch selection, which masks non-finite entries
+        def rows_abs(idx: Tensor) -> Tensor:
+            sub = x.index_select(0, idx).float().abs()
+            return torch.where(torch.isfinite(sub), sub, 0.0)
 
-            entry_ok = None if finite else torch.isfinite(x) & valid[:, None]
-            self.topk.add(
-                Events.from_batch(rows_abs, row_max, row_ok, coords, o.top_k, entry_ok, x.shape[1])
-            )
+        row_max, row_ok = torch.from_numpy(p.row_max), torch.from_numpy(p.row_ok)
+        entry_ok = torch.isfinite(x) & valid[:, None]
+        self.topk.add(
+            Events.from_batch(rows_abs, row_max, row_ok, coords, o.top_k, entry_ok, x.shape[1])
+        )
 
     def _update_rows(
         self, b: Prepared, coords: Coords, s2: Tensor | None, s4: Tensor | None

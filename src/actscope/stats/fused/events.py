@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from torch import Tensor
 
 from actscope.stats.coords import Coords
 from actscope.stats.fused._common import as_f32
-from actscope.stats.fused.partials import raw_bits
 
 
 @nb.njit(cache=True, boundscheck=False, inline="always")
@@ -60,16 +58,19 @@ def _topk(
     erow = np.full(k, -1, np.int64)
     ech = np.full(k, -1, np.int64)
     shift = 16 if raw.itemsize == 2 else 0
-    for j in range(kr):
+    for j in range(kr):  # candidates by descending row max
         r = cand[j]
         if r < 0:
             continue
+        if np.int64(rm[r]) < keys[k - 1] >> 31:
+            break  # no entry of this row, or of a later one, can enter (-1 >> 31 = -1)
         base = order[j] * dim
         for d in range(dim):
             bits = (np.int64(raw[r, d]) << shift) & 0x7FFFFFFF
-            key = (bits << 31) | (low - (base + d))
-            if key > keys[k - 1]:
-                _insert(keys, erow, ech, key, r, d)
+            if bits >= keys[k - 1] >> 31:  # cheap test first: only such entries can enter
+                key = (bits << 31) | (low - (base + d))
+                if key > keys[k - 1]:
+                    _insert(keys, erow, ech, key, r, d)
     vals = np.full(k, -1.0, np.float32)
     for i in range(k):
         if keys[i] >= 0:
@@ -78,16 +79,14 @@ def _topk(
 
 
 def topk_events(
-    x: Tensor, row_max: Tensor, row_ok: Tensor, rank: Tensor, k: int
+    bits: np.ndarray, row_max: np.ndarray, row_ok: np.ndarray, rank: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(value, row, channel)`` of the batch's top-``k`` |x| (finite batches; see ``_topk``)."""
-    return _topk(
-        raw_bits(x.detach()),
-        row_max.numpy(),
-        row_ok.numpy().astype(np.bool_, copy=False),
-        rank.numpy(),
-        k,
-    )
+    """``(value, row, channel)`` of the batch's top-``k`` |x| (finite batches; see ``_topk``).
+
+    ``bits``: the (R, D) bit patterns of :func:`~actscope.stats.fused.partials.raw_bits`
+    (``Partials.bits``); ``row_max`` float32 and ``row_ok`` bool per row; ``rank`` int64.
+    """
+    return _topk(bits, row_max, row_ok, rank, k)
 
 
 def event_fields(

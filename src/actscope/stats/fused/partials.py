@@ -24,6 +24,7 @@ class Partials:
     that the properties sum over the chunks; :func:`fold` adds them to a state in one call.
     """
 
+    bits: np.ndarray  # (R, D) the batch's bit patterns as the kernel read them (raw_bits)
     per_row_sums: np.ndarray  # (4, R) float64: sum x, sum x^2, sum x^4, sum |x|
     per_row_ext: np.ndarray  # (3, R) float32: max, min, max |x|
     per_row_counts: np.ndarray  # (2, R) int64: counted entries, massive entries
@@ -40,6 +41,11 @@ class Partials:
     @property
     def n_row(self) -> np.ndarray:
         return self.per_row_counts[0]
+
+    @property
+    def row_ok(self) -> np.ndarray:
+        """Rows that were counted: valid, with at least one finite entry."""
+        return self.per_row_counts[0] > 0
 
     @property
     def m_row(self) -> np.ndarray:
@@ -114,15 +120,16 @@ def per_chunk(rows: int, nchunks: int) -> int:
     return (rows + nchunks - 1) // nchunks
 
 
-def _scratch(nchunks: int, dtype: type) -> np.ndarray:
-    """This thread's (nchunks, NBINS) histogram scratch; the kernel leaves it zeroed."""
+def _scratch(nchunks: int, wide: bool) -> np.ndarray:
+    """This thread's (nchunks, NBINS) histogram scratch, int32 (int64 if ``wide``); the kernel
+    leaves it zeroed."""
     cache = getattr(_SCRATCH, "arrays", None)
     if cache is None:
         cache = _SCRATCH.arrays = {}
-    key = (nchunks, np.dtype(dtype).str)
-    if key not in cache:
-        cache[key] = np.zeros((nchunks, NBINS), dtype)
-    return cache[key]
+    arr = cache.get((nchunks, wide))
+    if arr is None:
+        arr = cache[nchunks, wide] = np.zeros((nchunks, NBINS), np.int64 if wide else np.int32)
+    return arr
 
 
 def raw_bits(x: Tensor) -> np.ndarray:
@@ -173,7 +180,7 @@ def partials(
     pw = z((nchunks, 4, dim if one_pass else 1), f64)
     ref = np.ascontiguousarray(moment_ref, dtype=f64) if one_pass else z(1)
     mcol = z((nchunks, dim), np.int64)
-    hist = _scratch(nchunks, np.int32 if per_chunk(rows, nchunks) * dim < 2**31 else np.int64)
+    hist = _scratch(nchunks, per_chunk(rows, nchunks) * dim >= 2**31)
     if hist_out is None:
         hist_out = z(NBINS, np.int64)
     fin = z(nchunks, np.int64)
@@ -211,6 +218,7 @@ def partials(
             pw = z((nchunks, 4, dim), f64)
             power_pass(raw, ok, nchunks, power_ref, pw)
     return Partials(
+        bits=raw,
         per_row_sums=per_row_sums,
         per_row_ext=per_row_ext,
         per_row_counts=per_row_counts,
