@@ -7,7 +7,7 @@ pass itself. These kernels read each entry once, in parallel over chunks of rows
 (:class:`Partials`):
 
 * per row: counted entries ``n``, ``sum x``, ``sum x^2``, ``sum x^4``, ``sum |x|`` (float32
-  lanes, then float64), signed max and min, max |x|, massive entries (Sun et al., per-token
+  lanes over blocks of 512 entries, float64 across blocks), signed max and min, max |x|, massive entries (Sun et al., per-token
   lower median; a candidate is tested by counting, the median is selected only for rows with
   many candidates);
 * per channel: counted entries, ``sum x``, ``sum x^2``, ``sum |x|``, max |x|, massive entries

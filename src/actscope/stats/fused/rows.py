@@ -3,7 +3,8 @@
 Rows are split into one contiguous chunk per numba thread. Each row is read in place through
 its bit patterns (bfloat16 as uint16, converted to float32 in registers; never widened into a
 buffer) and, when its float32 sum is finite and its values below 2^24, reduced in float32
-lanes: row sums, signed max/min through monotone integer keys (on the 16-bit patterns for
+lanes: row sums (float32 within blocks of 512 entries, float64 across: vocabulary-wide rows
+keep ~1e-8 relative accuracy), signed max/min through monotone integer keys (on the 16-bit patterns for
 bfloat16: 32 lanes), max |x|, the |x| histogram; its per-channel sums (x, x^2, |x|, and the
 power sums of ``x - ref``) go into float32 block accumulators four rows at a time, added to
 float64 every 32 rows. Other rows (NaN/Inf, or huge values) are widened and taken entry by
@@ -33,6 +34,7 @@ from actscope.stats.fused._common import (
 )
 
 _BLOCK = 32  # rows per float32 block of the per-channel sums (then added in float64)
+_ROW_BLOCK = 512  # entries per float32 block of a row's sums (then added in float64)
 _F32_SAFE = 2.0**24  # |x| and |ref| below this: x^4 sums of a block stay finite in float32
 
 
@@ -94,12 +96,29 @@ def _abs_bits(row: np.ndarray, d: int) -> np.uint32:
     return np.uint32(row[d]) & ABS
 
 
+@nb.njit(cache=True, boundscheck=False, fastmath=FM)
+def _block_sums(raw: np.ndarray) -> tuple[float, float, float, float]:
+    """sum x, sum x^2, sum x^4, sum |x| of a (short) row of bit patterns in float32 lanes."""
+    b1 = np.float32(0.0)
+    b2 = np.float32(0.0)
+    b4 = np.float32(0.0)
+    ba = np.float32(0.0)
+    for d in range(raw.shape[0]):  # (from 0: indices provably >= 0, so it vectorises)
+        v = _value(raw, d)
+        v2 = v * v
+        b1 += v
+        b2 += v2
+        b4 += v2 * v2
+        ba += abs(v)
+    return b1, b2, b4, ba
+
+
 # No "nnan"/"ninf" flags: the caller tests the sum for NaN/Inf. Reassociated float sums and
 # integer max/min of monotone bit-pattern keys vectorise without them.
 @nb.njit(cache=True, boundscheck=False, fastmath=FM)
 def _row_stats(raw: np.ndarray) -> tuple[float, float, float, float, float, float, float, int, int]:
     """One row of bit patterns (read in place, never widened into a buffer): sum x, sum x^2,
-    sum x^4, sum |x| (float32 lanes), max, min, max |x|, and the histogram bins of max |x|
+    sum x^4, sum |x| (float32 lanes over blocks of 512 entries, float64 across blocks), max, min, max |x|, and the histogram bins of max |x|
     and of the smallest non-zero |x|.
 
     Signed max/min are taken on the integer keys ``b ^ ((b >> 31) & 0x7FFFFFFF)`` of the
@@ -116,17 +135,14 @@ def _row_stats(raw: np.ndarray) -> tuple[float, float, float, float, float, floa
         mx, mn = key_to_f32(k1), key_to_f32(k0)
         am = as_f32(a1)
         hi, lo = np.int64(a1) >> 16, np.int64(a0) >> 16
-    t1 = np.float32(0.0)
-    a2 = np.float32(0.0)
-    a4 = np.float32(0.0)
-    aa = np.float32(0.0)
-    for d in range(raw.shape[0]):
-        v = _value(raw, d)
-        v2 = v * v
-        t1 += v
-        a2 += v2
-        a4 += v2 * v2
-        aa += abs(v)
+    t1 = a2 = a4 = aa = 0.0
+    n = raw.shape[0]
+    for blk in range((n + _ROW_BLOCK - 1) // _ROW_BLOCK):  # float64 across blocks
+        b1, b2, b4, ba = _block_sums(raw[blk * _ROW_BLOCK : (blk + 1) * _ROW_BLOCK])
+        t1 += b1
+        a2 += b2
+        a4 += b4
+        aa += ba
     return t1, a2, a4, aa, mx, mn, am, hi, lo
 
 
