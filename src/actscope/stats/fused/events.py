@@ -24,10 +24,13 @@ def _insert(keys: np.ndarray, a: np.ndarray, b: np.ndarray, key: int, x: int, y:
 
 
 @nb.njit(cache=True, boundscheck=False)
-def _topk(
+def topk_events(
     raw: np.ndarray, row_max: np.ndarray, row_ok: np.ndarray, rank: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``k`` entries of |x| under the total order of :mod:`actscope.stats.topk`.
+    """Top-``k`` entries of |x| of a finite batch under the total order of
+    :mod:`actscope.stats.topk`. ``raw``: the (R, D) bit patterns of
+    :func:`~actscope.stats.fused.partials.raw_bits` (``Partials.bits``); ``row_max`` float32
+    and ``row_ok`` bool per row; ``rank`` int64.
 
     Same keys as ``Events.from_batch``: candidate rows by ``bits(row max) << 31 | (2^31 - 1
     - rank)``, then their entries by ``bits(|a|) << 31 | (2^31 - 1 - (order * D + d))``.
@@ -76,17 +79,6 @@ def _topk(
         if keys[i] >= 0:
             vals[i] = as_f32(np.int32(keys[i] >> 31))
     return vals, erow, ech
-
-
-def topk_events(
-    bits: np.ndarray, row_max: np.ndarray, row_ok: np.ndarray, rank: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(value, row, channel)`` of the batch's top-``k`` |x| (finite batches; see ``_topk``).
-
-    ``bits``: the (R, D) bit patterns of :func:`~actscope.stats.fused.partials.raw_bits`
-    (``Partials.bits``); ``row_max`` float32 and ``row_ok`` bool per row; ``rank`` int64.
-    """
-    return _topk(bits, row_max, row_ok, rank, k)
 
 
 def event_fields(

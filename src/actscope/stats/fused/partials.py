@@ -13,7 +13,7 @@ from torch import Tensor
 from actscope.stats.fused.rows import power_pass, row_pass
 
 NBINS = 1 << 15
-_SCRATCH = threading.local()  # per thread: {(chunks, dtype): zeroed histogram scratch}
+_SCRATCH = threading.local()  # per thread: {(chunks, wide): zeroed histogram scratch}
 
 
 @dataclass
@@ -133,7 +133,8 @@ def _scratch(nchunks: int, wide: bool) -> np.ndarray:
 
 
 def raw_bits(x: Tensor) -> np.ndarray:
-    """(R, D) bit patterns: uint16 for bfloat16 (widened in the kernel), else float32 uint32."""
+    """(R, D) bit patterns: uint16 for bfloat16 (read in place by the kernels), else float32
+    uint32."""
     if x.dtype == torch.bfloat16:
         return x.contiguous().view(torch.int16).numpy().view(np.uint16)
     return x.contiguous().to(torch.float32).numpy().view(np.uint32)
