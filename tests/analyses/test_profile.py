@@ -179,4 +179,11 @@ def test_smollm2_profile_findings(tmp_path: Path) -> None:
     g = res.summary["global_max"]
     assert g["kind"].startswith("resid") and g["abs_value"] > 1000
     assert g["seq_position"] == 0
-    assert res.summary["sun_criterion"]["fires_layer_median"]
+    sun = res.summary["sun_criterion"]
+    assert sun["fires_layer_median"] and sun["layers_with_massive_layer_median"]
+    # each criterion names the layers it fires on, and only those
+    assert bool(sun["layers_with_massive_per_token_median"]) == sun["fires_per_token_median"]
+    layers = res.tables["layers"]
+    resid = layers[layers["kind"] == "resid_post"]
+    hit = resid.loc[resid["massive_layer_count"] > 0, "layer"]
+    assert sun["layers_with_massive_layer_median"] == [int(x) for x in hit]

@@ -203,8 +203,11 @@ def _summary(
             "fires_layer_median": bool(massive_lay > 0),
             "resid_post_massive_entries_per_token_median": int(massive_tok),
             "resid_post_massive_entries_layer_median": int(massive_lay),
-            "layers_with_massive": [
+            "layers_with_massive_per_token_median": [
                 int(x) for x in resid.loc[resid["massive_token_count"] > 0, "layer"]
+            ],
+            "layers_with_massive_layer_median": [
+                int(x) for x in resid.loc[resid["massive_layer_count"] > 0, "layer"]
             ],
         },
         "kurtosis": {
