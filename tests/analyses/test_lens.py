@@ -22,6 +22,7 @@ from actscope.analyses.explain.lens import (
 from actscope.analyses.explain.tokens import target_id
 from actscope.capture import Trace, forward, sitemap_of
 from actscope.errors import DataError
+from actscope.models.tokens import token_texts
 
 
 def _batches(n: int, seed: int) -> list[SimpleNamespace]:
@@ -62,7 +63,7 @@ def test_lens_table_ranks_and_probabilities() -> None:
         tid = target_id(tok, t)
         assert row["target_rank"] == int((f > f[tid]).sum())
         assert row["target_prob"] == pytest.approx(float(torch.softmax(f, -1)[tid]), rel=1e-4)
-        assert row["top_token"] == tok.decode([int(f.argmax())])
+        assert row["top_token"] == token_texts(tok, [int(f.argmax())])[0]
     assert last["kl_final"].abs().max() < 1e-4
     curves = lens_curves(table)
     assert list(curves["depth"]) == list(range(sitemap_of(lm).n_layers + 1))

@@ -171,6 +171,34 @@ def test_compare_overlays_runs(tmp_path: Path) -> None:
     assert (tmp_path / "cmp" / "report.html").exists()
 
 
+def test_massive_occurrences_group_events_by_token_and_channel() -> None:
+    from actscope.analyses.profile.report import massive_occurrences
+
+    ev = pd.DataFrame(
+        {
+            "site": ["resid_post.2", "resid_post.3", "resid_mid.5", "resid_post.4", "mlp_out.1"],
+            "layer": [2, 3, 5, 4, 1],
+            "rank": [1, 1, 1, 2, 1],
+            "abs_value": [900.0, 1200.0, 1100.0, 500.0, 50.0],
+            "sample_id": [7, 7, 7, 9, 7],
+            "position": [0, 0, 0, 3, 0],
+            "seq_position": [0, 0, 0, 3, 0],
+            "channel": [11, 11, 11, 4, 11],
+            "token": ["<bos>"] * 3 + [" the", "<bos>"],
+            "domain": ["prose"] * 5,
+            "massive": [True, True, True, True, False],
+        }
+    )
+    occ = massive_occurrences(ev)
+    assert len(occ) == 2  # (7, 0, 11) over three sites, (9, 3, 4); the non-massive one left out
+    first = occ.iloc[0]
+    assert (first["sample_id"], first["channel"], first["token"]) == (7, 11, "<bos>")
+    assert first["max_abs"] == 1200.0 and first["at"] == "resid_post.3"
+    assert (first["first_layer"], first["last_layer"], first["sites"]) == (2, 5, 3)
+    assert occ.iloc[1]["max_abs"] == 500.0 and occ.iloc[1]["sites"] == 1
+    assert massive_occurrences(ev.assign(massive=False)).empty
+
+
 @pytest.mark.slow
 def test_smollm2_profile_findings(tmp_path: Path) -> None:
     """SmolLM2 has massive activations on the residual stream at the first position."""

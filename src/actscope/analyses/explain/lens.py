@@ -30,6 +30,7 @@ from torch import Tensor
 from actscope.analyses.explain.tokens import encode, last_index, pad, pad_id, target_id
 from actscope.capture import Trace, forward, run, sitemap_of
 from actscope.errors import DataError
+from actscope.models.tokens import token_texts
 from actscope.sites.sitemap import SiteMap
 from actscope.utils.atomic import atomic_write_bytes
 
@@ -233,7 +234,7 @@ def _rows(
     t_logit = logits.gather(1, tgt[:, None])
     rank = (logits > t_logit).sum(-1)
     p_t = probs.gather(1, tgt[:, None])[:, 0]
-    top = logits.argmax(-1)
+    top = token_texts(tok, logits.argmax(-1).tolist())
     kl = _kl(final_logp, logits)
     return [
         {
@@ -244,7 +245,7 @@ def _rows(
             "target": targets[i],
             "target_prob": float(p_t[j]),
             "target_rank": int(rank[j]),
-            "top_token": tok.decode([int(top[j])]),
+            "top_token": top[j],
             "kl_final": float(kl[j]),
         }
         for j, i in enumerate(chunk)

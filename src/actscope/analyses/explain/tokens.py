@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from actscope.errors import DataError
+from actscope.models.tokens import token_texts
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -65,5 +66,6 @@ def last_index(mask: Tensor) -> Tensor:
 
 
 def token_labels(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    """Readable token strings (the byte-level space marker shown as a real space)."""
-    return [tokenizer.decode([int(i)]) for i in ids]
+    """Readable token strings (the byte-level space marker shown as a real space; parts of
+    multi-byte characters as their bytes, see :func:`actscope.models.tokens.token_texts`)."""
+    return token_texts(tokenizer, ids)

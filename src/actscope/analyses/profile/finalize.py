@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from actscope.analyses.profile.collector import RESIDUAL_KINDS
+from actscope.models.tokens import token_texts
 from actscope.runs import library_versions
 from actscope.stats.tables import events_table, results_table
 
@@ -37,17 +38,6 @@ def _site_columns(df: pd.DataFrame, sites: dict[str, Any]) -> pd.DataFrame:
     df.insert(2, "layer", pd.array([sites[s].layer for s in df["site"]], dtype="Int64"))
     df.insert(3, "expert", pd.array([sites[s].expert for s in df["site"]], dtype="Int64"))
     return df
-
-
-def _decode(tokenizer: Any, ids: np.ndarray) -> list[str]:
-    cache: dict[int, str] = {}
-    out = []
-    for i in ids:
-        i = int(i)
-        if i not in cache:
-            cache[i] = tokenizer.decode([i]) if i >= 0 else ""
-        out.append(cache[i])
-    return out
 
 
 def finalize(state: Any, tokenizer: Any, domains: list[str] | None = None) -> Any:
@@ -72,7 +62,7 @@ def finalize(state: Any, tokenizer: Any, domains: list[str] | None = None) -> An
 
     events = _site_columns(events_table(results), sites)
     events["abs_value"] = events["value"].abs()
-    events["token"] = _decode(tokenizer, events["token_id"].to_numpy())
+    events["token"] = token_texts(tokenizer, events["token_id"].to_numpy())
     events["domain"] = [domains[d] if 0 <= d < len(domains) else "?" for d in events["domain_id"]]
     events["seq_position"] = events["position"] % max(1, int(state.config["seq_len"]))
     medians = {n: r.get("median_abs", math.nan) for n, r in results.items()}

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from actscope.models.tokens import visible
 from actscope.report import Report, new_figure
 
 PLOT_KINDS = ["resid_post", "attn_out", "mlp_out", "mlp_act", "attn_in", "mlp_in", "mlp_gate"]
@@ -135,21 +136,67 @@ def _max_by_component(rep: Report, layers: pd.DataFrame) -> None:
     rep.figure(fig, "Max |a| of each component across depth", heading="Max |a| per component")
 
 
+def massive_occurrences(events: pd.DataFrame) -> pd.DataFrame:
+    """Massive top-K events grouped by where they occur (sample, position, channel): the
+    token, the largest |a| and its site, the layers and the number of sites holding it."""
+    ev = events[events["massive"]].sort_values(["abs_value", "rank"], ascending=[False, True])
+    if not len(ev):
+        return ev
+    g = ev.groupby(["sample_id", "position", "channel"], sort=False)
+    occ = g.agg(
+        token=("token", "first"),
+        seq_position=("seq_position", "first"),
+        max_abs=("abs_value", "first"),
+        at=("site", "first"),
+        first_layer=("layer", "min"),
+        last_layer=("layer", "max"),
+        sites=("site", "nunique"),
+        domain=("domain", "first"),
+    ).reset_index()
+    return occ.sort_values(["max_abs", "sites"], ascending=False, kind="stable")
+
+
+def _layers_span(first: Any, last: Any) -> str:
+    if pd.isna(first):
+        return "-"
+    return f"{int(first)}" if first == last else f"{int(first)}-{int(last)}"
+
+
 def _massive_table(rep: Report, events: pd.DataFrame) -> None:
-    ev = events[events["massive"]].sort_values("abs_value", ascending=False)
-    cols = ["site", "value", "token", "seq_position", "channel", "domain", "sample_id"]
-    if len(ev):
+    occ = massive_occurrences(events)
+    if len(occ):
+        shown = pd.DataFrame(
+            {
+                "token": [visible(t, 16) for t in occ["token"]],
+                "position": occ["seq_position"],
+                "channel": occ["channel"],
+                "max |a|": occ["max_abs"],
+                "at": occ["at"],
+                "layers": [
+                    _layers_span(a, b)
+                    for a, b in zip(occ["first_layer"], occ["last_layer"], strict=True)
+                ],
+                "sites": occ["sites"],
+                "domain": occ["domain"],
+                "sample": occ["sample_id"],
+                "doc position": occ["position"],
+            }
+        )
+        n = int(events["massive"].sum())
         rep.table(
-            ev[cols],
-            f"{len(ev)} top-K events meet Sun's criterion (layer-wide median)",
+            shown,
+            f"{n} top-K events meet Sun's criterion (layer-wide median); one row per token "
+            f"occurrence and channel ({len(occ)}), with the layers and the number of sites "
+            "where it is among the site's top-K events",
             heading="Massive activations",
             max_rows=40,
         )
     else:
         top = events[events["kind"].isin(["resid_post", "attn_out", "mlp_out"])]
-        top = top.sort_values("abs_value", ascending=False)
+        top = top.sort_values("abs_value", ascending=False).head(25)
+        cols = ["site", "value", "token", "seq_position", "channel", "domain", "sample_id"]
         rep.table(
-            top[cols],
+            top.assign(token=[visible(t, 16) for t in top["token"]])[cols],
             "No event meets Sun's criterion; the largest residual/output events",
             heading="Massive activations",
             max_rows=25,
@@ -161,7 +208,7 @@ def _view(rep: Report, view: dict[str, Any]) -> None:
     fig, ax = new_figure(width=11, height=max(3.0, 0.18 * mag.shape[0] + 1))
     im = ax.imshow(np.log10(mag + 1e-6), aspect="auto", cmap="magma", interpolation="nearest")
     ax.set_yticks(range(len(view["tokens"])))
-    ax.set_yticklabels([repr(tk)[1:-1][:14] for tk in view["tokens"]], fontsize=6)
+    ax.set_yticklabels([visible(tk, 14) for tk in view["tokens"]], fontsize=6)
     ax.set_xlabel("channel")
     ax.grid(False)
     fig.colorbar(im, ax=ax, label="log10 |a|")

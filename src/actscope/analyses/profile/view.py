@@ -9,6 +9,7 @@ import torch
 
 from actscope.capture.runner import forward
 from actscope.capture.trace import Trace, sitemap_of
+from actscope.models.tokens import token_texts
 
 
 def token_channel_view(
@@ -45,7 +46,7 @@ def token_channel_view(
     with torch.inference_mode(), Trace(sm, site, retain=True, stop=True) as tr:
         forward(lm.model, ids)
     mag = tr[site][0].float().abs().cpu().numpy()
-    tokens = [lm.tokenizer.decode([int(t)]) for t in ids[0]]
+    tokens = token_texts(lm.tokenizer, ids[0].tolist())
     top = np.argsort(mag.max(0))[::-1][:8]
     return {
         "site": site,
