@@ -9,6 +9,7 @@ import pandas as pd
 
 from actscope.analyses.profile.write import read_run
 from actscope.errors import DataError
+from actscope.models.tokens import visible
 from actscope.report import Report, new_figure
 from actscope.runs import RunWriter
 
@@ -52,7 +53,7 @@ def compare_runs(runs: list[str | Path], out: str | Path | None = None) -> dict[
     curves_df = pd.concat(curves, ignore_index=True)
     rep = Report("Activation profiles compared", f"{len(loaded)} runs")
     rep.table(
-        table,
+        table.assign(token=[visible(str(t or "")) for t in table["token"]]),
         "Global max |a| (residual, attention/MLP outputs, embedding, final norm)",
         heading="Models",
     )
