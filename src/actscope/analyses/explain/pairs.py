@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actscope.analyses.explain.tokens import encode, target_id, token_labels
+from actscope.analyses.explain.tokens import encode, target_id
 from actscope.datasets.explain import read_jsonl, require
 from actscope.errors import DataError
+from actscope.models.tokens import token_texts
 
 
 @dataclass(frozen=True)
@@ -84,5 +85,5 @@ def tokenize_pairs(tokenizer: Any, pairs: Sequence[PromptPair]) -> list[Tokenize
             raise DataError(
                 f"pair {i}: answer {p.answer!r} and wrong {p.wrong!r} start with the same token"
             )
-        out.append(TokenizedPair(c, x, a, w, token_labels(tokenizer, c)))
+        out.append(TokenizedPair(c, x, a, w, token_texts(tokenizer, c)))
     return out

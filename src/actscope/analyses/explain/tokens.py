@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from actscope.errors import DataError
-from actscope.models.tokens import token_texts
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -63,9 +62,3 @@ def last_index(mask: Tensor) -> Tensor:
     n = mask.shape[1]
     pos = torch.arange(n, device=mask.device).expand_as(mask)
     return torch.where(mask.bool(), pos, -1).max(dim=1).values
-
-
-def token_labels(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    """Readable token strings (the byte-level space marker shown as a real space; parts of
-    multi-byte characters as their bytes, see :func:`actscope.models.tokens.token_texts`)."""
-    return token_texts(tokenizer, ids)
