@@ -10,15 +10,15 @@ from pathlib import Path
 
 import typer
 
-from actscope.cli.common import console
+from actscope.cli.common import OutCommand, console, out_option
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("sweep")
+    @app.command("sweep", cls=OutCommand)
     def sweep_cmd(
         spec: str = typer.Argument(..., help="sweep YAML file (models, corpus, profile options)"),
-        out: str | None = typer.Option(
-            None, "--out", "-o", help="output folder (default: the file's 'out', else runs/sweep)"
+        out: str | None = out_option(
+            None, "output folder (default: the file's 'out', else runs/sweep)", kind="sweep"
         ),
         local: bool = typer.Option(False, "--local", help="run in this process, without Ray"),
         address: str | None = typer.Option(None, help="Ray cluster address (default: local)"),

@@ -40,7 +40,7 @@ import yaml
 from actscope.analyses.profile import ProfileConfig, ProfileResult, compare_runs, write_run
 from actscope.distributed.cluster import ray_session, require_ray, worker_resources
 from actscope.errors import ActscopeError, DataError, suggest
-from actscope.runs import to_jsonable
+from actscope.runs import check_out, to_jsonable
 from actscope.utils.atomic import atomic_write_text
 
 _TOP_KEYS = ("models", "corpus", "dtype", "device", "profile", "out")
@@ -116,7 +116,7 @@ def parse_sweep(obj: Any, base: Path | None = None) -> SweepSpec:
 
 def _parse_model(entry: Any, dtype: str, device: str) -> SweepModel:
     if isinstance(entry, str):
-        return SweepModel(_run_name(entry), entry, dtype, device)
+        return SweepModel(_folder_name(_run_name(entry)), entry, dtype, device)
     if not isinstance(entry, dict) or "model" not in entry:
         raise SweepError(f"each model must be a spec string or a mapping with 'model': {entry!r}")
     bad = [k for k in entry if k not in _MODEL_KEYS]
@@ -124,7 +124,19 @@ def _parse_model(entry: Any, dtype: str, device: str) -> SweepModel:
         raise SweepError(f"unknown model key '{bad[0]}'; known: {', '.join(_MODEL_KEYS)}")
     spec = str(entry["model"])
     name = _SAFE.sub("_", str(entry.get("name") or _run_name(spec)))
-    return SweepModel(name, spec, str(entry.get("dtype", dtype)), str(entry.get("device", device)))
+    return SweepModel(
+        _folder_name(name), spec, str(entry.get("dtype", dtype)), str(entry.get("device", device))
+    )
+
+
+def _folder_name(name: str) -> str:
+    """``name`` when it can name the run folder ``OUT/models/<name>``; SweepError otherwise."""
+    if name.startswith("."):
+        raise SweepError(
+            f"model name '{name}' cannot name a run folder (it starts with '.'); "
+            "give the model a 'name'"
+        )
+    return name
 
 
 def _parse_config(opts: Any) -> ProfileConfig:
@@ -193,6 +205,7 @@ def run_sweep(
     if executor not in ("ray", "local"):
         raise SweepError(f"executor must be 'ray' or 'local', got '{executor}'")
     out = Path(out)
+    _check_outputs(spec, out)
     t0 = time.perf_counter()
     results: dict[str, ProfileResult] = {}
     errors: dict[str, str] = {}
@@ -220,6 +233,15 @@ def run_sweep(
         require_ray("a sweep on Ray (use executor='local' to run without it)")
         _run_on_ray(spec, address, workers, finished)
     return _write_summary(spec, out, executor, results, errors, seconds, time.perf_counter() - t0)
+
+
+def _check_outputs(spec: SweepSpec, out: Path) -> None:
+    """Check ``OUT`` and every run folder the sweep will replace, before any model is loaded."""
+    check_out(out, kind="sweep")
+    inputs = [spec.corpus]
+    for m in spec.models:
+        check_out(out / "models" / m.name, inputs=inputs, command="profile")
+    check_out(out / "comparison", inputs=inputs, command="compare")
 
 
 def _run_on_ray(
