@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from actscope.utils.atomic import is_temp_name
 
@@ -35,6 +41,24 @@ def tree_state(root: Path) -> dict[str, str]:
 def temp_entries(root: Path) -> list[str]:
     """Names of actscope temporary entries and lock files anywhere under ``root``."""
     found = []
-    for here, dirs, files in os.walk(root):
+    for _here, dirs, files in os.walk(root):
         found += [n for n in dirs + files if is_temp_name(n)]
     return sorted(found)
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size_kib: int, read_only: bool = False) -> Iterator[Path]:
+    """Mount a ``size_kib`` tmpfs at ``where`` for the block; skip the test where we cannot."""
+    where.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size_kib}k" + (",ro" if read_only else "")
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True
+    )
+    if res.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

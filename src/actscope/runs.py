@@ -246,7 +246,7 @@ def ensure_free(
     at = nearest_existing(where)
     if needed:
         how = f" ({detail})" if detail else ""
-        size = f"about {mib(needed)} more on disk{how} plus a {mib(reserve)} margin"
+        size = f"about {mib(needed)} more on disk{how} plus a margin of {mib(reserve)}"
     else:
         size = f"at least {mib(reserve)} free on disk"
     raise ResourceError(f"{what} needs {size}, but {at} has only {mib(free)} free; {hint}")

@@ -131,11 +131,11 @@ def test_no_overwrite_refuses_before_any_work(tmp_path: Path) -> None:
 def test_publish_asks_replaceable_under_the_lock(tmp_path: Path) -> None:
     dest = tmp_path / "run"
     before = {}
-    with pytest.raises(OutputError, match="not yours"):
-        with atomic_dir(dest, replaceable=lambda p: "not yours") as tmp:
-            (tmp / "a.txt").write_text("new")
-            _make(dest, {"user.txt": "mine"})  # appears while the run is being written
-            before = tree_state(dest)
+    refuse = atomic_dir(dest, replaceable=lambda p: "not yours")
+    with pytest.raises(OutputError, match="not yours"), refuse as tmp:
+        (tmp / "a.txt").write_text("new")
+        _make(dest, {"user.txt": "mine"})  # appears while the run is being written
+        before = tree_state(dest)
     assert tree_state(dest) == before and temp_entries(tmp_path) == []
 
 
