@@ -89,15 +89,17 @@ def out_option(
 
     The check runs while the arguments are parsed, before any model load or progress bar.
     ``kind``: run (a run folder of this command), store, sweep or file. None or "" as a value
-    means no output. Commands declared with ``cls=OutCommand`` also refuse an ``--out`` that
-    is, contains or sits inside any existing path given to another option or argument.
+    means no output. Commands declared with ``cls=OutCommand`` run it once every value is
+    parsed, and also refuse an ``--out`` that is, contains or sits inside any existing path
+    given to another option or argument (the paths the command reads).
     """
 
     def check(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
         name = param.name or "out"
         ctx.meta[_OUT_META] = (name, kind)
-        ctx.params[name] = value
-        _preflight(ctx, name, kind, _inputs(ctx, name))  # the inputs parsed so far
+        if not isinstance(ctx.command, OutCommand):  # else checked once all values are parsed
+            ctx.params[name] = value
+            _preflight(ctx, name, kind, _inputs(ctx, name))
         return value
 
     return typer.Option(default, "--out", "-o", help=help, callback=check)

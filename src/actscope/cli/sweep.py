@@ -28,11 +28,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Profile every model of SPEC as a separate task; write the runs and one comparison."""
         from actscope.distributed import SweepError, load_sweep, require_ray, run_sweep
+        from actscope.distributed.sweep import check_outputs
 
         sweep = load_sweep(spec)
         if not local:
             require_ray("`actscope sweep` (add --local to run without Ray)")
         target = Path(out or sweep.out or "runs/sweep")
+        check_outputs(sweep, target)  # before anything is printed or loaded
         names = ", ".join(m.name for m in sweep.models)
         console.print(f"sweep of {len(sweep.models)} model(s): {names}")
         result = run_sweep(

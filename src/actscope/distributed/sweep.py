@@ -205,7 +205,7 @@ def run_sweep(
     if executor not in ("ray", "local"):
         raise SweepError(f"executor must be 'ray' or 'local', got '{executor}'")
     out = Path(out)
-    _check_outputs(spec, out)
+    check_outputs(spec, out)
     t0 = time.perf_counter()
     results: dict[str, ProfileResult] = {}
     errors: dict[str, str] = {}
@@ -235,8 +235,14 @@ def run_sweep(
     return _write_summary(spec, out, executor, results, errors, seconds, time.perf_counter() - t0)
 
 
-def _check_outputs(spec: SweepSpec, out: Path) -> None:
-    """Check ``OUT`` and every run folder the sweep will replace, before any model is loaded."""
+def check_outputs(spec: SweepSpec, out: str | Path) -> None:
+    """Check ``OUT`` and every run folder the sweep will replace, before any model is loaded.
+
+    ``OUT`` must be missing, empty or a previous sweep folder; ``OUT/models/<name>`` and
+    ``OUT/comparison`` missing, empty or previous runs of their commands, none holding the
+    corpus (:func:`actscope.runs.check_out`). Raises :class:`~actscope.errors.OutputError`.
+    """
+    out = Path(out)
     check_out(out, kind="sweep")
     inputs = [spec.corpus]
     for m in spec.models:
