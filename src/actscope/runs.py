@@ -155,7 +155,7 @@ def replace_refusal(
         "sweep": "a previous sweep folder",
     }[kind]
     return (
-        f"--out {path} exists and is {what}; actscope replaces only {mine} or an empty "
+        f"--out {path} already exists and is {what}; actscope replaces only {mine} or an empty "
         "folder: choose another --out or remove it yourself"
     )
 
@@ -255,11 +255,14 @@ def ensure_free(
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
-def write_failure(exc: BaseException, out: Path, tmp: Path | None = None) -> OutputError | None:
+def write_failure(
+    exc: BaseException, out: Path, tmp: Path | None = None, kept: str | None = None
+) -> OutputError | None:
     """The one-line error for an OSError raised while writing ``out`` (None: not a write failure).
 
     Disk full, quota, file too large and read-only file system always count; permission
     errors only when they name a path inside the temporary folder ``tmp`` or ``out``.
+    ``kept``: what the message says is left (default: the previous ``out``, or nothing).
     """
     if not isinstance(exc, OSError):
         return None
@@ -269,7 +272,9 @@ def write_failure(exc: BaseException, out: Path, tmp: Path | None = None) -> Out
     )
     if exc.errno not in _WRITE_ERRNOS and not (exc.errno in (errno.EACCES, errno.EPERM) and inside):
         return None
-    kept = "the previous one there is unchanged" if os.path.lexists(out) else "nothing was written"
+    if kept is None:
+        exists = os.path.lexists(out)
+        kept = "the previous one there is unchanged" if exists else "nothing was written"
     reason = exc.strerror or os.strerror(exc.errno or 0)
     return OutputError(f"cannot write {out}: {reason}; {kept}")
 

@@ -269,7 +269,7 @@ CASES: list[Case] = [
         lambda t: _sweep(t, ["a"], _run(t / "p")),
         "is an actscope `profile` run",
     ),
-    ("sweep over a user folder in models/", _sweep_over_user_run, "models/a exists and is a"),
+    ("sweep over a user folder in models/", _sweep_over_user_run, "models/a already exists and is a"),
     (
         "cache onto a run",
         lambda t: ["cache", "tiny:llama", "-s", "resid_post", "-o", str(_run(t / "p"))],

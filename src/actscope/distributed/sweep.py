@@ -40,7 +40,7 @@ import yaml
 from actscope.analyses.profile import ProfileConfig, ProfileResult, compare_runs, write_run
 from actscope.distributed.cluster import ray_session, require_ray, worker_resources
 from actscope.errors import ActscopeError, DataError, suggest
-from actscope.runs import check_out, to_jsonable
+from actscope.runs import check_out, to_jsonable, write_failure
 from actscope.utils.atomic import atomic_write_text
 
 _TOP_KEYS = ("models", "corpus", "dtype", "device", "profile", "out")
@@ -316,8 +316,14 @@ def _write_summary(
         "comparison": str(comparison) if comparison else None,
         "wall_seconds": round(wall, 3),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.json", json.dumps(to_jsonable(record), indent=2))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "sweep.json", json.dumps(to_jsonable(record), indent=2))
+    except OSError as exc:
+        mapped = write_failure(exc, out / "sweep.json", kept="the model runs written are kept")
+        if mapped is None:
+            raise
+        raise mapped from exc
     if not runs:
         raise SweepError(
             "every model of the sweep failed: " + "; ".join(f"{n}: {e}" for n, e in errors.items())

@@ -44,7 +44,13 @@ from actscope.data import (
     tokenize_corpus,
 )
 from actscope.data.batching import BosPolicy
-from actscope.runs import check_out, existing_output, library_versions, replace_refusal
+from actscope.runs import (
+    check_out,
+    existing_output,
+    library_versions,
+    replace_refusal,
+    write_failure,
+)
 from actscope.store.format import (
     ROW_FIELDS,
     STORE_DTYPES,
@@ -262,17 +268,24 @@ def build_store(
 
     t0 = time.perf_counter()
     computed = 0
-    for shard in plan.shards:
-        if shard.index in done:
-            if progress is not None:
-                progress(shard.rows)
-            continue
-        done[shard.index] = write_shard(
-            lm, plan, shard, tok, work, pad_id=pad_id, progress=progress
-        )
-        computed += shard.rows
-    seconds = time.perf_counter() - t0
-    _finish(work, out, plan, done, computed, seconds)
+    try:
+        for shard in plan.shards:
+            if shard.index in done:
+                if progress is not None:
+                    progress(shard.rows)
+                continue
+            done[shard.index] = write_shard(
+                lm, plan, shard, tok, work, pad_id=pad_id, progress=progress
+            )
+            computed += shard.rows
+        seconds = time.perf_counter() - t0
+        _finish(work, out, plan, done, computed, seconds)
+    except OSError as exc:  # disk full or read-only: one line, the finished shards stay
+        kept = f"the finished shards in {work} are kept: run the command again to resume"
+        mapped = write_failure(exc, out, work, kept)
+        if mapped is None:
+            raise
+        raise mapped from exc
     return out
 
 
