@@ -126,7 +126,8 @@ def sweep_stale(folder: str | os.PathLike[str]) -> list[str]:
     parent = Path(folder)
     swept: list[str] = []
     try:
-        names = [e.name for e in os.scandir(parent) if e.name.startswith(".")]
+        with os.scandir(parent) as it:
+            names = [e.name for e in it if e.name.startswith(".")]
     except OSError:
         return swept
     for name in names:
