@@ -400,3 +400,21 @@ def test_full_disk_while_writing_keeps_the_previous_run(
         f"actscope: error: cannot write {out}: No space left on device; "
         "the previous one there is unchanged"
     )
+
+
+def test_cache_on_a_full_disk_keeps_its_shards_for_a_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(path: object, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("actscope.store.writer.atomic_write_bytes", full)
+    out = tmp_path / "store"
+    argv = ["cache", "tiny:llama", "-s", "resid_post", "--corpus", str(_corpus(tmp_path))]
+    assert main([*argv, "-o", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (
+        f"actscope: error: cannot write {out}: No space left on device; the finished shards "
+        f"in {out}.partial are kept: run the command again to resume"
+    )
+    assert "Traceback" not in "".join(lines) and not out.exists()
