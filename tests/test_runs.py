@@ -5,11 +5,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from actscope import runs
 from actscope.errors import OutputError, ResourceError
@@ -265,12 +268,25 @@ def test_write_failure_keeps_the_previous_run(
     assert tree_state(tmp_path) == before and temp_entries(tmp_path) == []
 
 
-def test_a_real_full_disk(tmp_path: Path) -> None:
+def _big_bytes(w: RunWriter) -> None:
+    w.file("big.bin").write_bytes(b"\0" * (16 << 20))
+
+
+def _big_parquet(w: RunWriter) -> None:
+    w.table("big", pd.DataFrame({"a": np.random.default_rng(0).random(2_000_000)}))
+
+
+def _big_torch(w: RunWriter) -> None:
+    torch.save(torch.randn(4_000_000), w.file("exports/big.pt"))
+
+
+@pytest.mark.parametrize("write", [_big_bytes, _big_parquet, _big_torch])
+def test_a_real_full_disk(tmp_path: Path, write: Callable[[RunWriter], None]) -> None:
     with tmpfs(tmp_path / "small", 12 << 10) as small:
         out = _run(small / "run")
         before = tree_state(small)
         with pytest.raises(OutputError, match="No space left"), RunWriter(out, "profile") as w:
-            w.file("big.bin").write_bytes(b"\0" * (16 << 20))
+            write(w)
         assert tree_state(small) == before and temp_entries(small) == []
 
 

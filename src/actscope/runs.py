@@ -258,25 +258,35 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 def write_failure(
     exc: BaseException, out: Path, tmp: Path | None = None, kept: str | None = None
 ) -> OutputError | None:
-    """The one-line error for an OSError raised while writing ``out`` (None: not a write failure).
+    """The one-line error for an exception raised while writing ``out`` (None: not one).
 
     Disk full, quota, file too large and read-only file system always count; permission
-    errors only when they name a path inside the temporary folder ``tmp`` or ``out``.
+    errors only when they name a path inside the temporary folder ``tmp`` or ``out``. torch's
+    archive writer reports a full disk as a RuntimeError without errno: it counts when
+    ``tmp`` has less than :data:`RESERVE_BYTES` free (call this before ``tmp`` is removed).
     ``kept``: what the message says is left (default: the previous ``out``, or nothing).
     """
-    if not isinstance(exc, OSError):
+    if isinstance(exc, RuntimeError) and tmp is not None and _torch_write_error(exc):
+        code: int | None = errno.ENOSPC if free_bytes(tmp) < RESERVE_BYTES else None
+    elif isinstance(exc, OSError):
+        code = exc.errno
+    else:
         return None
     named = getattr(exc, "filename", None)
     inside = named is not None and any(
         _within(Path(os.path.abspath(named)), p) for p in (tmp, out) if p is not None
     )
-    if exc.errno not in _WRITE_ERRNOS and not (exc.errno in (errno.EACCES, errno.EPERM) and inside):
+    if code not in _WRITE_ERRNOS and not (code in (errno.EACCES, errno.EPERM) and inside):
         return None
     if kept is None:
         exists = os.path.lexists(out)
         kept = "the previous one there is unchanged" if exists else "nothing was written"
-    reason = exc.strerror or os.strerror(exc.errno or 0)
-    return OutputError(f"cannot write {out}: {reason}; {kept}")
+    return OutputError(f"cannot write {out}: {os.strerror(code or 0)}; {kept}")
+
+
+def _torch_write_error(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return "inline_container" in text or "PytorchStreamWriter" in text
 
 
 class RunWriter(AbstractContextManager["RunWriter"]):
@@ -341,8 +351,8 @@ class RunWriter(AbstractContextManager["RunWriter"]):
                     if mapped is None:
                         raise
                     raise mapped from failed
+        mapped = write_failure(exc, self.out, self.tmp)  # while the temporary folder is there
         self._ctx.__exit__(type(exc), exc, exc.__traceback__)
-        mapped = write_failure(exc, self.out, self.tmp)
         if mapped is not None:
             raise mapped from exc
         if exc_type is None:
