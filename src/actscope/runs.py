@@ -160,6 +160,18 @@ def replace_refusal(
     )
 
 
+def resolved_out(out: str | os.PathLike[str]) -> Path:
+    """``out`` as the file system will see it: absolute, its folders' links and ``..`` resolved.
+
+    The last component is kept as given (a link there stays a link), unless it is ``..``.
+    """
+    p = Path(out).expanduser()
+    p = p if p.is_absolute() else Path.cwd() / p
+    if p.name in ("", ".."):
+        return p.resolve()
+    return p.parent.resolve() / p.name
+
+
 def _within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
@@ -183,9 +195,8 @@ def check_out(
     """
     if str(out).strip() == "":
         raise OutputError("--out is empty; give the path of the output to write")
-    target = Path(os.path.abspath(Path(out).expanduser()))
-    real = target.parent.resolve() / target.name
-    if _within(Path.cwd().resolve(), real) or real == Path(real.anchor):
+    target = resolved_out(out)
+    if _within(Path.cwd().resolve(), target) or target == Path(target.anchor):
         raise OutputError(
             f"--out {out} is the current folder or one of its parents; give a new folder name"
         )
@@ -194,11 +205,11 @@ def check_out(
         if not src.exists():
             continue
         src = src.resolve()
-        if real == src:
+        if target == src:
             raise OutputError(f"--out {out} is one of this command's inputs ({item})")
-        if _within(real, src):
+        if _within(target, src):
             raise OutputError(f"--out {out} is inside this command's input {item}")
-        if _within(src, real):
+        if _within(src, target):
             raise OutputError(f"--out {out} contains this command's input {item}")
     why = replace_refusal(target, kind, command)
     if why is not None:
