@@ -139,6 +139,11 @@ def _in_cwd(tmp: Path, out: str) -> list[str]:
     return _profile_argv(tmp, out)
 
 
+def _linked(target: Path, link: Path) -> Path:
+    link.symlink_to(target)
+    return link
+
+
 def _nested_input(tmp: Path) -> list[str]:
     outer = _run(tmp / "cmp", "compare")
     inner = _run(outer / "p")
@@ -213,6 +218,16 @@ CASES: list[Case] = [
         "is inside this command's input",
     ),
     ("compare into a run holding its input", _nested_input, "contains this command's input"),
+    (
+        "compare through a link into its input",
+        lambda t: ["compare", str(_run(t / "p")), "-o", str(_linked(t / "p", t / "l") / "cmp")],
+        "is inside this command's input",
+    ),
+    (
+        "compare onto its input spelled p/sub/..",
+        lambda t: ["compare", str(_run(t / "p")), "-o", f"{t}/p/tables/.."],
+        "is one of this command's inputs",
+    ),
     (
         "ablate onto its profile",
         lambda t: ["ablate", *TINY, "-p", str(_run(t / "p")), "-o", str(t / "p")],
