@@ -166,7 +166,7 @@ def make_plan(
 
 
 def check_disk(plan: StorePlan, where: Path, done_bytes: int = 0, reserve: int = 1 << 26) -> int:
-    """Raise :class:`~actscope.errors.ResourceError` unless ``where`` has room for the rest of the store.
+    """Raise :class:`~actscope.errors.ResourceError` unless ``where`` holds the rest of the store.
 
     Needed = ``estimated_bytes - done_bytes`` (shards already on disk); refused when
     needed + ``reserve`` (64 MiB by default) exceeds the free bytes. Returns the bytes needed.
