@@ -46,6 +46,10 @@ class ResourceError(ActscopeError):
     """Not enough memory or disk for the requested work."""
 
 
+class OutputError(ActscopeError):
+    """An output location that cannot be written, or whose contents must not be replaced."""
+
+
 def suggest(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ``" (did you mean: a, b?)"`` with the closest matches of ``name``, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

@@ -449,7 +449,8 @@ def run_ablation(
     from actscope.runs import RunWriter
 
     cfg = config or AblationConfig()
-    with RunWriter(out, "ablate", {"profile": str(profile), **asdict(cfg)}) as w:
+    args = {"profile": str(profile), **asdict(cfg)}
+    with RunWriter(out, "ablate", args, inputs=[profile]) as w:
         res = analyze_ablation(lm, profile, corpus, cfg, progress)
         t = res.targets
         w.manifest.update(

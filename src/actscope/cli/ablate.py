@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import console, load
+from actscope.cli.common import OutCommand, console, load, out_option
 from actscope.cli.quant import StageBars
 
 ABLATE_OUT = Path("runs/ablate")
@@ -18,12 +18,12 @@ def _ints(text: str) -> list[int]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("ablate")
+    @app.command("ablate", cls=OutCommand)
     def ablate_cmd(
         profile: Annotated[Path, typer.Option("--profile", "-p", help="profile run directory")],
         model: str = typer.Option("smollm2-135m", "--model", "-m", help="the profiled model"),
         corpus: str = typer.Option("default", "--corpus", "-c", help="corpus to evaluate on"),
-        out: Annotated[Path, typer.Option("--out", "-o", help="run directory")] = ABLATE_OUT,
+        out: Annotated[Path, out_option(help="run directory")] = ABLATE_OUT,
         modes: str = typer.Option("zero,mean", "--modes", help="zero and/or mean"),
         topk: str = typer.Option("1,2,4", "--topk", help="numbers of top channels to remove"),
         random_control: bool = typer.Option(True, "--random-control/--no-random-control"),

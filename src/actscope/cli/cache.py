@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, cast
 
 import typer
 
-from actscope.cli.common import console, load, token_progress
+from actscope.cli.common import OutCommand, console, load, out_option, token_progress
 
 if TYPE_CHECKING:
     from actscope.data.batching import BosPolicy
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("cache")
+    @app.command("cache", cls=OutCommand)
     def cache_cmd(
         model: str = typer.Argument(
             ..., help="embedded name, path, GGUF file, hub id or tiny:FAMILY"
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         sites: str = typer.Option(
             ..., "--sites", "-s", help="site names, kinds or globs (comma-separated)"
         ),
-        out: str = typer.Option(..., "--out", "-o", help="store folder to write"),
+        out: str = out_option(..., "store folder to write", kind="store"),
         corpus: str = typer.Option("default", help="'default' or a corpus file/folder"),
         max_tokens: int | None = typer.Option(None, help="stop after this many real tokens"),
         seq_len: int = typer.Option(256, help="tokens per chunk"),

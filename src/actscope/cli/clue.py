@@ -8,16 +8,16 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import MODEL_HELP, console, load
+from actscope.cli.common import MODEL_HELP, OutCommand, console, load, out_option
 
 CLUE_OUT = Path("runs/clue")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("clue")
+    @app.command("clue", cls=OutCommand)
     def clue_cmd(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
-        out: Annotated[Path, typer.Option("--out", "-o", help="run directory to write")] = CLUE_OUT,
+        out: Annotated[Path, out_option(help="run directory to write")] = CLUE_OUT,
         n: int = typer.Option(300, "--n", "-n", help="arithmetic problems to generate and answer"),
         max_operand: int = typer.Option(60, "--max-operand", help="largest operand of + and -"),
         folds: int = typer.Option(5, "--folds", help="cross-validation folds for the centroids"),

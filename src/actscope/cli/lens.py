@@ -8,13 +8,13 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import MODEL_HELP, console, load
+from actscope.cli.common import MODEL_HELP, OutCommand, console, load, out_option
 
 LENS_OUT = Path("runs/lens")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("lens")
+    @app.command("lens", cls=OutCommand)
     def lens_cmd(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         prompts: str = typer.Option(
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
             "-p",
             help="shipped prompt set (facts) or a .jsonl with prompt/target",
         ),
-        out: Annotated[Path, typer.Option("--out", "-o", help="run directory to write")] = LENS_OUT,
+        out: Annotated[Path, out_option(help="run directory to write")] = LENS_OUT,
         tuned: bool = typer.Option(False, "--tuned", help="also fit and apply a tuned lens"),
         tuned_from: str = typer.Option(
             "", "--tuned-from", help="reuse a saved tuned_lens.safetensors"

@@ -8,13 +8,13 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import MODEL_HELP, console, load, token_progress
+from actscope.cli.common import MODEL_HELP, OutCommand, console, load, out_option, token_progress
 
 PATCH_OUT = Path("runs/patch")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("patch")
+    @app.command("patch", cls=OutCommand)
     def patch_cmd(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         pairs: str = typer.Option(
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
             help="shipped pair set (ioi) or a .jsonl file with clean/corrupt/answer/wrong",
         ),
         out: Annotated[
-            Path, typer.Option("--out", "-o", help="run directory to write")
+            Path, out_option(help="run directory to write")
         ] = PATCH_OUT,
         sites: str = typer.Option(
             "resid_pre",

@@ -8,13 +8,13 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import MODEL_HELP, console, load
+from actscope.cli.common import MODEL_HELP, OutCommand, console, load, out_option
 
 PROBE_OUT = Path("runs/probe")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("probe")
+    @app.command("probe", cls=OutCommand)
     def probe_cmd(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         data: str = typer.Option(
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
             help="shipped labelled set (cities_truth) or a .jsonl with text, label and optional key",
         ),
         out: Annotated[
-            Path, typer.Option("--out", "-o", help="run directory to write")
+            Path, out_option(help="run directory to write")
         ] = PROBE_OUT,
         sites: str = typer.Option(
             "", "--sites", "-s", help="site patterns (default: embed + resid_post)"

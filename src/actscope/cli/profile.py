@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from actscope.cli.common import CORPUS_HELP, MODEL_HELP, console, load
+from actscope.cli.common import CORPUS_HELP, MODEL_HELP, OutCommand, console, load, out_option
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("profile")
+    @app.command("profile", cls=OutCommand)
     def profile_cmd(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         corpus: str = typer.Option(
@@ -19,9 +19,7 @@ def register(app: typer.Typer) -> None:
             "-c",
             help=CORPUS_HELP,
         ),
-        out: Path = typer.Option(
-            Path("runs/profile"), "--out", "-o", help="run directory to write"
-        ),
+        out: Path = out_option(Path("runs/profile")),
         max_tokens: int = typer.Option(
             100_000, "--max-tokens", help="real tokens to read (0 = all)"
         ),
@@ -60,10 +58,10 @@ def register(app: typer.Typer) -> None:
                 result = profile(lm, corpus, out=out, config=cfg, progress=bar.advance)
         _print_summary(result)
 
-    @app.command("compare")
+    @app.command("compare", cls=OutCommand)
     def compare_cmd(
         runs: list[Path] = typer.Argument(..., help="profile run directories"),
-        out: Path = typer.Option(Path("runs/compare"), "--out", "-o"),
+        out: Path = out_option(Path("runs/compare")),
     ) -> None:
         """Overlay several profile runs (depth normalised) in one report."""
         from actscope.analyses.profile import compare_runs

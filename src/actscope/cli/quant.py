@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from actscope.cli.common import CORPUS_HELP, MODEL_HELP, console, load
+from actscope.cli.common import CORPUS_HELP, MODEL_HELP, OutCommand, console, load, out_option
 
 QUANT_OUT = Path("runs/quant")
 COVARY_OUT = Path("runs/covary")
@@ -70,11 +70,11 @@ def _names(text: str) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("quant")
+    @app.command("quant", cls=OutCommand)
     def quant_cmd(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         corpus: str = typer.Option("default", "--corpus", "-c", help=CORPUS_HELP),
-        out: Annotated[Path, typer.Option("--out", "-o", help="run directory")] = QUANT_OUT,
+        out: Annotated[Path, out_option(help="run directory")] = QUANT_OUT,
         sites: str = typer.Option(
             "linear_in,embed,resid_mid,resid_post,final_norm",
             "--sites",
@@ -148,10 +148,10 @@ def register(app: typer.Typer) -> None:
         _print_quant(res)
         print(out / "report.html")
 
-    @app.command("covary")
+    @app.command("covary", cls=OutCommand)
     def covary_cmd(
         runs: Annotated[list[Path], typer.Argument(help="quant run directories (one per model)")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="run directory")] = COVARY_OUT,
+        out: Annotated[Path, out_option(help="run directory")] = COVARY_OUT,
         quantizer: str = typer.Option("int8-sym-tensor-max", "--quantizer", "-q"),
     ) -> None:
         """Rank correlation of site maxima / kurtosis with SQNR across layers and models."""
@@ -162,11 +162,11 @@ def register(app: typer.Typer) -> None:
         console.print(table.to_string(index=False))
         print(out / "report.html")
 
-    @app.command("imatrix")
+    @app.command("imatrix", cls=OutCommand)
     def imatrix_cmd(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         corpus: str = typer.Option("default", "--corpus", "-c", help=CORPUS_HELP),
-        out: Annotated[Path, typer.Option("--out", "-o", help="GGUF file to write")] = IMATRIX_OUT,
+        out: Annotated[Path, out_option(help="GGUF file to write", kind="file")] = IMATRIX_OUT,
         tokens: int = typer.Option(65536, "--tokens", help="real tokens to read"),
         seq_len: int = typer.Option(512, "--seq-len"),
         batch_size: int = typer.Option(4, "--batch-size"),

@@ -8,7 +8,15 @@ from typing import Any
 
 import typer
 
-from actscope.cli.common import CORPUS_HELP, MODEL_HELP, console, load, token_progress
+from actscope.cli.common import (
+    CORPUS_HELP,
+    MODEL_HELP,
+    OutCommand,
+    console,
+    load,
+    out_option,
+    token_progress,
+)
 from actscope.errors import ActscopeError
 
 
@@ -57,11 +65,11 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(sp, name="sparsity")
 
-    @sp.command("measure")
+    @sp.command("measure", cls=OutCommand)
     def measure_cmd(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         corpus: str = typer.Option("default", "--corpus", "-c", help=CORPUS_HELP),
-        out: str = typer.Option("runs/sparsity-measure", "--out", "-o"),
+        out: str = out_option("runs/sparsity-measure"),
         tokens: int = typer.Option(16384, "--tokens", help="real tokens to read"),
         eps: str = typer.Option("1e-3,1e-2", "--eps", help="thresholds for 'below epsilon'"),
         cett: float = typer.Option(0.2, "--cett", help="target CETT for the activation ratio"),
@@ -100,11 +108,11 @@ def register(app: typer.Typer) -> None:
         )
         print(Path(out) / "report.html")
 
-    @sp.command("calibrate")
+    @sp.command("calibrate", cls=OutCommand)
     def calibrate_cmd(
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         corpus: str = typer.Option("default", "--corpus", "-c", help=CORPUS_HELP),
-        out: str = typer.Option("runs/sparsity-calibrate", "--out", "-o"),
+        out: str = out_option("runs/sparsity-calibrate"),
         rules: str = typer.Option("teal,wina,chess", "--rules"),
         targets: str = typer.Option("0.25,0.4,0.5,0.65", "--targets"),
         allocation: str = typer.Option(
@@ -160,14 +168,14 @@ def register(app: typer.Typer) -> None:
         )
         print(Path(out) / "thresholds.json")
 
-    @sp.command("evaluate")
+    @sp.command("evaluate", cls=OutCommand)
     def evaluate_cmd(
         thresholds: str | None = typer.Option(
             None, "--thresholds", "-t", help="thresholds.json or a calibrate run folder"
         ),
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
         corpus: str = typer.Option("default", "--corpus", "-c", help=CORPUS_HELP),
-        out: str = typer.Option("runs/sparsity-evaluate", "--out", "-o"),
+        out: str = out_option("runs/sparsity-evaluate"),
         rules: str = typer.Option("teal,wina,chess", "--rules"),
         targets: str = typer.Option("0,0.25,0.4,0.5,0.65", "--targets"),
         allocation: str = typer.Option("uniform", "--allocation"),
@@ -213,13 +221,13 @@ def register(app: typer.Typer) -> None:
         console.print(sweep_pivot(res.table).to_string(index=False, float_format="%.3f"))
         print(Path(out) / "report.html")
 
-    @sp.command("bench")
+    @sp.command("bench", cls=OutCommand)
     def bench_cmd(
         thresholds: str | None = typer.Option(
             None, "--thresholds", "-t", help="thresholds.json or a calibrate run folder"
         ),
         model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
-        out: str = typer.Option("runs/sparsity-bench", "--out", "-o"),
+        out: str = out_option("runs/sparsity-bench"),
         rule: str = typer.Option("teal", "--rule"),
         targets: str = typer.Option("0.4,0.5", "--targets"),
         allocation: str = typer.Option("uniform", "--allocation"),

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from actscope.cli.common import console, load
+from actscope.cli.common import OutCommand, console, load, out_option
 from actscope.errors import ActscopeError
 
 steer_app = typer.Typer(
@@ -23,7 +23,7 @@ MODEL = typer.Option(
 )
 DTYPE = typer.Option("auto", help="auto (bf16), bf16, fp16, fp32")
 DEVICE = typer.Option("auto", help="auto, cpu, cuda, cuda:1 ...")
-OUT = typer.Option(..., "--out", "-o", help="run folder to write")
+OUT = out_option(..., "run folder to write")
 VECTOR = typer.Option(..., "--vector", "-v", help="vector file (.safetensors / .gguf) or train run")
 PROMPT = typer.Option([], "--prompt", "-p", help="a prompt (repeatable)")
 CONDITION = typer.Option(
@@ -57,7 +57,7 @@ def _split(ds: Any, fraction: float, seed: int, part: int) -> Any:
     return ds if fraction <= 0 or fraction >= 1 else ds.split(fraction, seed)[part]
 
 
-@steer_app.command("train")
+@steer_app.command("train", cls=OutCommand)
 def train_cmd(
     model: str = MODEL,
     dataset: str = typer.Option(..., "--dataset", "-d", help="shipped name (see --help) or JSONL"),
@@ -177,7 +177,7 @@ def _train_report(vec: Any, table: Any) -> Any:
     return rep
 
 
-@steer_app.command("condition")
+@steer_app.command("condition", cls=OutCommand)
 def condition_cmd(
     model: str = MODEL,
     dataset: str = typer.Option(..., "--dataset", "-d", help="labelled prompts (unpaired JSONL)"),
@@ -245,7 +245,7 @@ def condition_cmd(
     console.print(json.dumps(summary, indent=1))
 
 
-@steer_app.command("eval")
+@steer_app.command("eval", cls=OutCommand)
 def eval_cmd(
     model: str = MODEL,
     vector: str = VECTOR,
@@ -344,7 +344,7 @@ def eval_cmd(
     console.print(json.dumps(ev.summary, indent=1, default=str))
 
 
-@steer_app.command("generate")
+@steer_app.command("generate", cls=OutCommand)
 def generate_cmd(
     model: str = MODEL,
     prompt: list[str] = PROMPT,
@@ -365,7 +365,7 @@ def generate_cmd(
     temperature: float = typer.Option(0.7),
     seed: int = typer.Option(0),
     raw: bool = typer.Option(False, help="do not apply the chat template"),
-    out: str = typer.Option("", "--out", "-o", help="write the generations as JSONL"),
+    out: str = out_option("", "write the generations as JSONL", kind="file"),
     dtype: str = DTYPE,
     device: str = DEVICE,
 ) -> None:

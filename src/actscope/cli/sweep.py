@@ -10,15 +10,15 @@ from pathlib import Path
 
 import typer
 
-from actscope.cli.common import console
+from actscope.cli.common import OutCommand, console, out_option
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("sweep")
+    @app.command("sweep", cls=OutCommand)
     def sweep_cmd(
         spec: str = typer.Argument(..., help="sweep YAML file (models, corpus, profile options)"),
-        out: str | None = typer.Option(
-            None, "--out", "-o", help="output folder (default: the file's 'out', else runs/sweep)"
+        out: str | None = out_option(
+            None, "output folder (default: the file's 'out', else runs/sweep)", kind="sweep"
         ),
         local: bool = typer.Option(False, "--local", help="run in this process, without Ray"),
         address: str | None = typer.Option(None, help="Ray cluster address (default: local)"),
@@ -28,11 +28,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Profile every model of SPEC as a separate task; write the runs and one comparison."""
         from actscope.distributed import SweepError, load_sweep, require_ray, run_sweep
+        from actscope.distributed.sweep import check_outputs
 
         sweep = load_sweep(spec)
         if not local:
             require_ray("`actscope sweep` (add --local to run without Ray)")
         target = Path(out or sweep.out or "runs/sweep")
+        check_outputs(sweep, target)  # before anything is printed or loaded
         names = ", ".join(m.name for m in sweep.models)
         console.print(f"sweep of {len(sweep.models)} model(s): {names}")
         result = run_sweep(

@@ -40,7 +40,7 @@ import yaml
 from actscope.analyses.profile import ProfileConfig, ProfileResult, compare_runs, write_run
 from actscope.distributed.cluster import ray_session, require_ray, worker_resources
 from actscope.errors import ActscopeError, DataError, suggest
-from actscope.runs import to_jsonable
+from actscope.runs import check_out, to_jsonable, write_failure
 from actscope.utils.atomic import atomic_write_text
 
 _TOP_KEYS = ("models", "corpus", "dtype", "device", "profile", "out")
@@ -116,7 +116,7 @@ def parse_sweep(obj: Any, base: Path | None = None) -> SweepSpec:
 
 def _parse_model(entry: Any, dtype: str, device: str) -> SweepModel:
     if isinstance(entry, str):
-        return SweepModel(_run_name(entry), entry, dtype, device)
+        return SweepModel(_folder_name(_run_name(entry)), entry, dtype, device)
     if not isinstance(entry, dict) or "model" not in entry:
         raise SweepError(f"each model must be a spec string or a mapping with 'model': {entry!r}")
     bad = [k for k in entry if k not in _MODEL_KEYS]
@@ -124,7 +124,19 @@ def _parse_model(entry: Any, dtype: str, device: str) -> SweepModel:
         raise SweepError(f"unknown model key '{bad[0]}'; known: {', '.join(_MODEL_KEYS)}")
     spec = str(entry["model"])
     name = _SAFE.sub("_", str(entry.get("name") or _run_name(spec)))
-    return SweepModel(name, spec, str(entry.get("dtype", dtype)), str(entry.get("device", device)))
+    return SweepModel(
+        _folder_name(name), spec, str(entry.get("dtype", dtype)), str(entry.get("device", device))
+    )
+
+
+def _folder_name(name: str) -> str:
+    """``name`` when it can name the run folder ``OUT/models/<name>``; SweepError otherwise."""
+    if name.startswith("."):
+        raise SweepError(
+            f"model name '{name}' cannot name a run folder (it starts with '.'); "
+            "give the model a 'name'"
+        )
+    return name
 
 
 def _parse_config(opts: Any) -> ProfileConfig:
@@ -193,6 +205,7 @@ def run_sweep(
     if executor not in ("ray", "local"):
         raise SweepError(f"executor must be 'ray' or 'local', got '{executor}'")
     out = Path(out)
+    check_outputs(spec, out)
     t0 = time.perf_counter()
     results: dict[str, ProfileResult] = {}
     errors: dict[str, str] = {}
@@ -220,6 +233,21 @@ def run_sweep(
         require_ray("a sweep on Ray (use executor='local' to run without it)")
         _run_on_ray(spec, address, workers, finished)
     return _write_summary(spec, out, executor, results, errors, seconds, time.perf_counter() - t0)
+
+
+def check_outputs(spec: SweepSpec, out: str | Path) -> None:
+    """Check ``OUT`` and every run folder the sweep will replace, before any model is loaded.
+
+    ``OUT`` must be missing, empty or a previous sweep folder; ``OUT/models/<name>`` and
+    ``OUT/comparison`` missing, empty or previous runs of their commands, none holding the
+    corpus (:func:`actscope.runs.check_out`). Raises :class:`~actscope.errors.OutputError`.
+    """
+    out = Path(out)
+    check_out(out, kind="sweep")
+    inputs = [spec.corpus]
+    for m in spec.models:
+        check_out(out / "models" / m.name, inputs=inputs, command="profile")
+    check_out(out / "comparison", inputs=inputs, command="compare")
 
 
 def _run_on_ray(
@@ -288,8 +316,14 @@ def _write_summary(
         "comparison": str(comparison) if comparison else None,
         "wall_seconds": round(wall, 3),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.json", json.dumps(to_jsonable(record), indent=2))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "sweep.json", json.dumps(to_jsonable(record), indent=2))
+    except OSError as exc:
+        mapped = write_failure(exc, out / "sweep.json", kept="the model runs written are kept")
+        if mapped is None:
+            raise
+        raise mapped from exc
     if not runs:
         raise SweepError(
             "every model of the sweep failed: " + "; ".join(f"{n}: {e}" for n, e in errors.items())

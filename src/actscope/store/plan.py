@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,8 @@ import torch
 
 from actscope.capture import Trace, forward, sitemap_of
 from actscope.data import TokenizedCorpus, TokenSequence
-from actscope.errors import ResourceError
 from actscope.store.format import ROW_FIELDS, STORE_DTYPES, StoreError, dtype_name
+from actscope.utils.atomic import free_bytes
 
 HEADER_BYTES = 4096
 """Upper bound of one shard's safetensors header (a few hundred bytes per tensor)."""
@@ -166,30 +165,23 @@ def make_plan(
     return plan
 
 
-def free_bytes(path: Path) -> int:
-    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
-    p = path.resolve()
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
 def check_disk(plan: StorePlan, where: Path, done_bytes: int = 0, reserve: int = 1 << 26) -> int:
-    """Raise :class:`ResourceError` unless ``where`` has room for the rest of the store.
+    """Raise :class:`~actscope.errors.ResourceError` unless ``where`` holds the rest of the store.
 
     Needed = ``estimated_bytes - done_bytes`` (shards already on disk); refused when
     needed + ``reserve`` (64 MiB by default) exceeds the free bytes. Returns the bytes needed.
     """
+    from actscope.runs import ensure_free
+
     needed = max(0, plan.estimated_bytes - done_bytes)
-    free = free_bytes(where)
-    if needed + reserve > free:
-        raise ResourceError(
-            f"the activation store needs {_gib(needed)} more on disk ({plan.n_tokens} tokens x "
-            f"{plan.bytes_per_row} bytes) but {where} has only {_gib(free)} free; "
-            "cache fewer sites or tokens (--max-tokens), use --dtype bfloat16, or pick another --out"
-        )
+    smaller = ", use --store-dtype bfloat16" if plan.dtype == "float32" else ""
+    ensure_free(
+        where,
+        needed,
+        "the activation store",
+        reserve=reserve,
+        free=free_bytes(where),
+        detail=f"{plan.n_tokens} tokens x {plan.bytes_per_row} bytes",
+        hint=f"cache fewer sites or tokens (--max-tokens){smaller}, or pick another --out",
+    )
     return needed
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"

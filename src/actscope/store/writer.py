@@ -44,7 +44,13 @@ from actscope.data import (
     tokenize_corpus,
 )
 from actscope.data.batching import BosPolicy
-from actscope.runs import library_versions
+from actscope.runs import (
+    check_out,
+    existing_output,
+    library_versions,
+    replace_refusal,
+    write_failure,
+)
 from actscope.store.format import (
     ROW_FIELDS,
     STORE_DTYPES,
@@ -56,7 +62,7 @@ from actscope.store.format import (
     shard_name,
 )
 from actscope.store.plan import ShardPlan, StorePlan, check_disk, make_plan, site_dims
-from actscope.utils.atomic import atomic_write_bytes, atomic_write_text
+from actscope.utils.atomic import atomic_write_bytes, atomic_write_text, publish_dir, temp_name
 from actscope.utils.hashing import sha256_file
 
 Progress = Callable[[int], None]
@@ -136,7 +142,7 @@ def _sequences_table(plan: StorePlan, tok: TokenizedCorpus, corpus: Corpus) -> p
 
 
 def _write_parquet(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(temp_name(path.name))
     pq.write_table(table, tmp)
     os.replace(tmp, path)
 
@@ -227,7 +233,9 @@ def build_store(
     if shard_mb <= 0 or batch_size < 1:
         raise StoreError(f"need shard_mb > 0 and batch_size >= 1, got {shard_mb}, {batch_size}")
     out = Path(out)
+    check_out(out, kind="store")  # before the shape probe and tokenisation
     work = out.with_name(f"{out.name}.partial")
+    _check_workdir(work)
     patterns = [sites] if isinstance(sites, str) else list(sites)
     store_dtype = _store_dtype(dtype, lm.dtype)
     dims = site_dims(lm, patterns)
@@ -260,17 +268,24 @@ def build_store(
 
     t0 = time.perf_counter()
     computed = 0
-    for shard in plan.shards:
-        if shard.index in done:
-            if progress is not None:
-                progress(shard.rows)
-            continue
-        done[shard.index] = write_shard(
-            lm, plan, shard, tok, work, pad_id=pad_id, progress=progress
-        )
-        computed += shard.rows
-    seconds = time.perf_counter() - t0
-    _finish(work, out, plan, done, computed, seconds)
+    try:
+        for shard in plan.shards:
+            if shard.index in done:
+                if progress is not None:
+                    progress(shard.rows)
+                continue
+            done[shard.index] = write_shard(
+                lm, plan, shard, tok, work, pad_id=pad_id, progress=progress
+            )
+            computed += shard.rows
+        seconds = time.perf_counter() - t0
+        _finish(work, out, plan, done, computed, seconds)
+    except OSError as exc:  # disk full or read-only: one line, the finished shards stay
+        kept = f"the finished shards in {work} are kept: run the command again to resume"
+        mapped = write_failure(exc, out, work, kept)
+        if mapped is None:
+            raise
+        raise mapped from exc
     return out
 
 
@@ -306,6 +321,18 @@ def _existing_matches(out: Path, plan: StorePlan, overwrite: bool) -> bool:
             "to replace it or choose another --out"
         )
     return False
+
+
+def _check_workdir(work: Path) -> None:
+    """Refuse a ``work`` path that is not an interrupted build (it would be deleted)."""
+    found, _ = existing_output(work)
+    resumable = found in ("folder", "store") and (work / "plan.json").is_file()
+    if found in ("missing", "empty") or resumable:
+        return
+    raise StoreError(
+        f"{work} exists and is not an interrupted store build (no plan.json); "
+        "remove it or choose another --out"
+    )
 
 
 def _resumable(work: Path, plan: StorePlan, resume: bool) -> dict[int, dict[str, Any]] | None:
@@ -382,13 +409,7 @@ def _finish(
     atomic_write_text(work / "manifest.json", json.dumps(manifest, indent=1))
     for shard in plan.shards:
         _sidecar(work, shard.index).unlink(missing_ok=True)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
+    publish_dir(work, out, lambda p: replace_refusal(p, "store"))
 
 
 def read_sequences(path: str | os.PathLike[str]) -> pd.DataFrame:

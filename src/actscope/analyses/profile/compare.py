@@ -21,6 +21,12 @@ def compare_runs(runs: list[str | Path], out: str | Path | None = None) -> dict[
     """
     if len(runs) < 1:
         raise DataError("compare needs at least one profile run directory")
+    # checked before reading: never into, inside or around one of its own input runs
+    writer = (
+        None
+        if out is None
+        else RunWriter(out, "compare", {"runs": [str(r) for r in runs]}, inputs=runs)
+    )
     loaded = [read_run(r) for r in runs]
     rows, curves = [], []
     for r in loaded:
@@ -74,8 +80,8 @@ def compare_runs(runs: list[str | Path], out: str | Path | None = None) -> dict[
             ax.legend(fontsize=8)
         rep.figure(fig, f"{title} across normalised depth", heading=title)
     result = {"table": table, "curves": curves_df, "html": rep.render()}
-    if out is not None:
-        with RunWriter(out, "compare", {"runs": [str(r) for r in runs]}) as w:
+    if writer is not None:
+        with writer as w:
             w.table("models", table)
             w.table("curves", curves_df)
             w.text("report.html", result["html"])

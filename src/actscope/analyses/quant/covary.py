@@ -156,7 +156,8 @@ def run_covary(
     if df.empty:
         raise DataError(f"no site of the given runs was measured with quantizer '{quantizer}'")
     corr = rank_correlations(df)
-    with RunWriter(out, "covary", {"runs": [str(r) for r in runs], "quantizer": quantizer}) as w:
+    args = {"runs": [str(r) for r in runs], "quantizer": quantizer}
+    with RunWriter(out, "covary", args, inputs=runs) as w:
         w.table("points", df)
         w.table("correlations", corr)
         overall = corr[corr.scope == "all"]
