@@ -133,7 +133,7 @@ def _shared_inputs(root: Path) -> dict[str, Path]:
     paths["corpus"] = corpus
     prof = root / "profile_llama"
     argv = ["profile", "-m", "tiny:llama", "-c", str(corpus), "-o", str(prof), "--max-tokens", "200"]
-    assert main(argv + ["--seq-len", "64"]) == 0
+    assert main([*argv, "--seq-len", "64"]) == 0
     paths["profile_llama"] = prof
     other = root / "profile_other"
     shutil.copytree(prof, other)
@@ -214,7 +214,7 @@ CASES: list[Case] = [
     _c("dtype-unknown", "sites tiny:llama --dtype int3", "unknown dtype"),
     _c("sites-unknown-site", "sites tiny:llama -s nosuch", "nosuch"),
     _c("sites-layer-out-of-range", "sites tiny:llama -s resid_post.99", "99"),
-    _c("sites-empty-pattern", "sites tiny:llama -s ,", "site"),
+    _c("sites-glob-matches-nothing", "sites tiny:llama -s zz*", "zz"),
     _c("cli-unknown-option", "sites tiny:llama --colour red", "colour"),
     _c("cli-int-option-text", "profile -m tiny:llama --seq-len long", "seq-len"),
     _c("cli-unknown-command", "sights tiny:llama", "sights"),
@@ -297,7 +297,7 @@ CASES: list[Case] = [
     _c("cache-store-dtype", "cache tiny:llama -s resid_post --store-dtype int3 -o {out}",
        "dtype"),
     _c("cache-shard-mb-zero", "cache tiny:llama -s resid_post --shard-mb 0 -o {out}", "shard"),
-    _c("cache-bos-unknown", "cache tiny:llama -s resid_post --bos x -o {out}", "bos"),
+    _c("cache-bos-unknown", "cache tiny:llama -s resid_post --bos x -o {out}", "BOS"),
     _c("cache-device-cuda", "cache tiny:llama -s resid_post --device cuda -o {out}", "cuda"),
     _c("cache-verify-missing", "cache-verify {missing}", "missing"),
     _c("cache-verify-not-a-store", "cache-verify {not_a_run}", "store"),
@@ -319,8 +319,8 @@ CASES: list[Case] = [
     _c("quant-site-unknown", f"quant {M} -s nosuch -o {{out}}", "nosuch"),
     _c("quant-model-unknown", "quant -m no-such-model-x -o {out}", "unknown model"),
     _c("covary-missing", "covary {missing} -o {out}", "not found"),
-    _c("covary-not-quant", "covary {profile_llama} -o {out}", "quant run"),
-    _c("imatrix-tokens-zero", f"imatrix {M} --tokens 0 -o {{out}}", "tokens"),
+    _c("covary-not-quant", "covary {profile_llama} -o {out}", "not a quant run"),
+    _c("imatrix-tokens-zero", f"imatrix {M} --tokens 0 --seq-len 64 -o {{out}}", "tokens"),
     _c("imatrix-seq-len-beyond", f"imatrix {G} --seq-len 4096 -o {{out}}", "positions"),
     # ablate
     _c("ablate-topk-text", f"ablate -p {{profile_llama}} {M} --topk a,b -o {{out}}", "topk"),
@@ -358,7 +358,7 @@ CASES: list[Case] = [
        "tokens"),
     _c("sparsity-calibrate-fraction", f"sparsity calibrate {M} --fraction 0 -o {{out}}",
        "fraction"),
-    _c("sparsity-calibrate-seq-beyond", f"sparsity calibrate {G} --seq-len 999 -o {{out}}",
+    _c("sparsity-calibrate-seq-beyond", f"sparsity calibrate {G} --rules teal --seq-len 999 -o {{out}}",
        "positions"),
     _c("sparsity-calibrate-corpus-latin1", f"sparsity calibrate {M} -c {{latin1_txt}} -o {{out}}",
        "UTF-8"),
@@ -417,7 +417,7 @@ CASES: list[Case] = [
        "tuned lens"),
     _c("lens-fit-tokens-zero", f"lens {M} --tuned --fit-tokens 0 -o {{out}}", "fit"),
     _c("lens-ridge-negative", f"lens {M} --ridge -1 -o {{out}}", "ridge"),
-    _c("lens-seq-len-zero", f"lens {M} --seq-len 0 -o {{out}}", "seq_len"),
+    _c("lens-seq-len-zero", f"lens {M} --seq-len 0 -o {{out}}", "--seq-len"),
     _c("lens-limit-negative", f"lens {M} --limit -2 -o {{out}}", "limit"),
     _c("lens-corpus-binary", f"lens {M} --tuned -c {{bin_txt}} -o {{out}}", "UTF-8"),
     # probe
@@ -430,7 +430,7 @@ CASES: list[Case] = [
     _c("probe-one-label", f"probe {M} -d {{probe_onelabel_jsonl}} -o {{out}}", "two distinct"),
     _c("probe-folds-one", f"probe {M} -d {{probe_jsonl}} --folds 1 -o {{out}}", "folds"),
     _c("probe-folds-zero", f"probe {M} -d {{probe_jsonl}} --folds 0 -o {{out}}", "folds"),
-    _c("probe-folds-above-rows", f"probe {M} -d {{probe_jsonl}} --folds 50 -o {{out}}", "folds"),
+    _c("probe-folds-above-rows", f"probe {M} -d {{probe_jsonl}} --folds 50 -o {{out}}", "rows of each label"),
     _c("probe-position-unknown", f"probe {M} -d {{probe_jsonl}} --position first -o {{out}}",
        "position"),
     _c("probe-c-zero", f"probe {M} -d {{probe_jsonl}} --C 0 -o {{out}}", "C"),

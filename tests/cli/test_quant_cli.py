@@ -62,7 +62,7 @@ def test_quant_covary_imatrix(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     [
         (["quant", "-m", "tiny:llama", "-q", "int8-sym-row-max"], "cannot parse quantizer"),
         (["quant", "-m", "tiny:llama", "--schemes", "W2A2"], "unknown scheme"),
-        (["covary", "/nonexistent"], "not a quant run directory"),
+        (["covary", "/nonexistent"], "quant run /nonexistent not found"),
     ],
 )
 def test_errors_are_one_line(

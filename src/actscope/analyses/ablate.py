@@ -119,7 +119,7 @@ def _order(site: str) -> tuple[int, int]:
 def read_profile(path: str | Path) -> dict[str, Any]:
     """Tables (by stem) and manifest of a profile run directory (see
     :func:`~actscope.analyses.profile.write.read_manifest` for what is refused)."""
-    from actscope.analyses.profile.write import read_manifest
+    from actscope.analyses.rundirs import read_manifest
 
     p = Path(path)
     manifest = read_manifest(p, "profile")
