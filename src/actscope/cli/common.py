@@ -70,6 +70,7 @@ class StageBars:
             TextColumn("[bold]{task.description:<12}"),
             BarColumn(),
             TaskProgressColumn(),
+            MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),

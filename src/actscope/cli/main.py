@@ -18,11 +18,12 @@ import typer
 import actscope.cli as cli_pkg
 from actscope.errors import ActscopeError
 
-try:  # typer >= 0.22 carries its own copy of click
-    from typer import Abort as _Abort
+from typer import Abort as _Abort
+from typer import Exit as _Exit
+
+try:  # newer typer carries its own copy of click, whose errors derive from TyperException
     from typer import TyperException as _UsageError
 except ImportError:  # older typer runs on click itself
-    from click.exceptions import Abort as _Abort  # type: ignore[assignment]
     from click.exceptions import ClickException as _UsageError  # type: ignore[assignment]
 
 app = typer.Typer(
@@ -75,14 +76,20 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # actscope shows its own progress
     command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = command.main(args=argv, prog_name="actscope", standalone_mode=False)
+        # the context is run here rather than through ``command.main`` so that Ctrl-C reaches
+        # this function (typer would turn it into a silent exit status 130)
+        with command.make_context("actscope", args) as ctx:
+            rv = command.invoke(ctx)
+    except _Exit as exc:  # --help, or a command that ends itself with typer.Exit(code)
+        return int(exc.exit_code)
     except _UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help, as click does
             print(exc.format_message())
             return int(getattr(exc, "exit_code", 2))
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        where = getattr(exc, "ctx", None)
+        hint = f" (see `{where.command_path} --help`)" if where is not None else ""
         return _fail(f"{exc.format_message()}{hint}")
     except (_Abort, KeyboardInterrupt):
         print("actscope: interrupted", file=sys.stderr)

@@ -39,8 +39,8 @@ from actscope.analyses.sparsity.timing import SpeedResult
 from actscope.data.corpus import Corpus
 from actscope.errors import ActscopeError
 from actscope.interventions.sparsify import Sparsifier
-from actscope.kernels.sparse_gemv import gemv_kernel
 from actscope.interventions.sparsify_plan import SparsityCalibration
+from actscope.kernels.sparse_gemv import gemv_kernel
 from actscope.models.loading import resolve_dtype
 from actscope.runs import RunWriter
 from actscope.utils import checks
