@@ -14,12 +14,11 @@ import pkgutil
 import sys
 
 import typer
+from typer import Abort as _Abort
+from typer import Exit as _Exit
 
 import actscope.cli as cli_pkg
 from actscope.errors import ActscopeError
-
-from typer import Abort as _Abort
-from typer import Exit as _Exit
 
 try:  # newer typer carries its own copy of click, whose errors derive from TyperException
     from typer import TyperException as _UsageError

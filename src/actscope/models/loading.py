@@ -263,6 +263,8 @@ def _load_hub(repo_id: str, dt: torch.dtype, device_map: Any) -> LoadedModel:
     try:
         return _load_hf_dir(repo_id, dt, device_map, name=repo_id, local_only=True)
     except ModelLoadError as exc:
+        if not isinstance(exc.__cause__, OSError):  # found, but corrupt
+            raise
         raise ModelNotFoundError(
             f"hub id '{repo_id}' is not in the local Hugging Face cache "
             "(actscope does not download at run time; fetch it first or pass a local path)"
