@@ -38,7 +38,7 @@ def _yaml(profile: str = "", models: str = "[tiny:llama]") -> str:
     return f"models: {models}\n" + (f"profile:\n{profile}" if profile else "")
 
 
-# name -> file contents (text or bytes); made in the test's own folder on first use
+# name -> file contents (text or bytes), written to the test's folder as name with "_" -> "."
 SMALL_FILES: dict[str, str | bytes] = {
     "empty_txt": "",
     "blank_txt": "\n\n   \n",
@@ -53,6 +53,7 @@ SMALL_FILES: dict[str, str | bytes] = {
     "list_jsonl": "[1, 2]\n",
     "numtext_jsonl": '{"text": 5}\n',
     "bin_parquet": BINARY,
+    "notgz_jsonl_gz": b"not gzip at all",
     "pairs_jsonl": _jsonl([PAIR]),
     "pairs_nofield_jsonl": _jsonl([{"clean": "a b", "corrupt": "a c"}]),
     "pairs_len_jsonl": _jsonl([{**PAIR, "corrupt": "a b c d e f g"}]),
@@ -230,6 +231,7 @@ CASES: list[Case] = [
     _c("profile-corpus-jsonl-numtext", f"profile {M} -c {{numtext_jsonl}} -o {{out}}", "string"),
     _c("profile-corpus-jsonl-empty", f"profile {M} -c {{empty_jsonl}} -o {{out}}", "no non-empty"),
     _c("profile-corpus-csv", f"profile {M} -c {{corpus_csv}} -o {{out}}", "unsupported"),
+    _c("profile-corpus-gzip-broken", f"profile {M} -c {{notgz_jsonl_gz}} -o {{out}}", "gz"),
     _c("profile-corpus-parquet-junk", f"profile {M} -c {{bin_parquet}} -o {{out}}", "parquet"),
     _c("profile-corpus-empty-folder", f"profile {M} -c {{emptydir}} -o {{out}}", "no corpus"),
     _c("profile-seq-len-zero", f"profile {M} --seq-len 0 -o {{out}}", "seq_len"),
@@ -255,6 +257,7 @@ CASES: list[Case] = [
     _c("compare-no-summary", "compare {profile_nosummary} -o {out}", "summary.json"),
     _c("compare-steer-run", "compare {steer_run} -o {out}", "not a profile run"),
     _c("compare-binary-manifest", "compare {profile_badmanifest} -o {out}", "manifest.json"),
+    _c("compare-good-then-steer", "compare {profile_llama} {steer_run} -o {out}", "steer train"),
     _c("compare-a-file", "compare {corpus_txt} -o {out}", "run"),
     # sweep
     _c("sweep-missing", "sweep {missing} --local -o {out}", "sweep file"),
@@ -320,7 +323,7 @@ CASES: list[Case] = [
     _c("quant-model-unknown", "quant -m no-such-model-x -o {out}", "unknown model"),
     _c("covary-missing", "covary {missing} -o {out}", "not found"),
     _c("covary-not-quant", "covary {profile_llama} -o {out}", "not a quant run"),
-    _c("imatrix-tokens-zero", f"imatrix {M} --tokens 0 --seq-len 64 -o {{out}}", "tokens"),
+    _c("imatrix-tokens-zero", f"imatrix {M} --tokens 0 --seq-len 64 -o {{out}}", "--tokens"),
     _c("imatrix-seq-len-beyond", f"imatrix {G} --seq-len 4096 -o {{out}}", "positions"),
     # ablate
     _c("ablate-topk-text", f"ablate -p {{profile_llama}} {M} --topk a,b -o {{out}}", "topk"),
@@ -344,7 +347,7 @@ CASES: list[Case] = [
        "UTF-8"),
     # sparsity
     _c("sparsity-measure-eps-text", f"sparsity measure {M} --eps x -o {{out}}", "--eps"),
-    _c("sparsity-measure-tokens-zero", f"sparsity measure {M} --tokens 0 -o {{out}}", "tokens"),
+    _c("sparsity-measure-tokens-zero", f"sparsity measure {M} --tokens 0 -o {{out}}", "--tokens"),
     _c("sparsity-measure-corpus-binary", f"sparsity measure {M} -c {{bin_txt}} -o {{out}}",
        "UTF-8"),
     _c("sparsity-calibrate-rule", f"sparsity calibrate {M} --rules foo -o {{out}}", "foo"),
@@ -355,7 +358,7 @@ CASES: list[Case] = [
     _c("sparsity-calibrate-allocation", f"sparsity calibrate {M} --allocation foo -o {{out}}",
        "foo"),
     _c("sparsity-calibrate-tokens-zero", f"sparsity calibrate {M} --tokens 0 -o {{out}}",
-       "tokens"),
+       "--tokens"),
     _c("sparsity-calibrate-fraction", f"sparsity calibrate {M} --fraction 0 -o {{out}}",
        "fraction"),
     _c("sparsity-calibrate-seq-beyond", f"sparsity calibrate {G} --rules teal --seq-len 999 -o {{out}}",
@@ -370,6 +373,8 @@ CASES: list[Case] = [
        "thresholds"),
     _c("sparsity-evaluate-thr-other", f"sparsity evaluate -t {{thr_other_json}} {M} -o {{out}}",
        "thresholds"),
+    _c("sparsity-evaluate-tokens-zero", f"sparsity evaluate {M} --topk --tokens 0 -o {{out}}",
+       "--tokens"),
     _c("sparsity-evaluate-prefill", f"sparsity evaluate {M} --prefill-fraction 0 -o {{out}}",
        "prefill"),
     _c("sparsity-evaluate-target-text", f"sparsity evaluate {M} --targets a -o {{out}}",
@@ -416,6 +421,7 @@ CASES: list[Case] = [
     _c("lens-tuned-from-other-model", f"lens {M} --tuned-from {{lens_other}} -o {{out}}",
        "tuned lens"),
     _c("lens-fit-tokens-zero", f"lens {M} --tuned --fit-tokens 0 -o {{out}}", "fit"),
+    _c("lens-eval-tokens-negative", f"lens {M} --eval-tokens -1 -o {{out}}", "--eval-tokens"),
     _c("lens-ridge-negative", f"lens {M} --ridge -1 -o {{out}}", "ridge"),
     _c("lens-seq-len-zero", f"lens {M} --seq-len 0 -o {{out}}", "--seq-len"),
     _c("lens-limit-negative", f"lens {M} --limit -2 -o {{out}}", "limit"),
@@ -462,8 +468,7 @@ def _argv(case: Case, tmp: Path, shared: dict[str, Path]) -> list[str]:
     (tmp / "emptydir").mkdir(exist_ok=True)
     values["emptydir"] = str(tmp / "emptydir")
     for name, content in SMALL_FILES.items():
-        stem, _, ext = name.rpartition("_")
-        path = tmp / f"{stem}.{ext}"
+        path = tmp / name.replace("_", ".")  # bin_txt -> bin.txt, a_jsonl_gz -> a.jsonl.gz
         if isinstance(content, bytes):
             path.write_bytes(content)
         else:

@@ -28,7 +28,7 @@ def test_number_intervals_open_and_closed() -> None:
     assert checks.number(1, "a", 0.0, 1.0) == 1.0
     with pytest.raises(ActscopeError, match=r"split must be in \(0, 1\), got 1"):
         checks.number(1, "split", 0.0, 1.0, low_open=True, high_open=True)
-    with pytest.raises(ActscopeError, match=r"must be in \[0, inf\], got -1"):
+    with pytest.raises(ActscopeError, match=r"must be in \[0, inf\), got -1"):
         checks.number(-1, "ridge", 0.0)
     with pytest.raises(ActscopeError, match="finite"):
         checks.number(math.nan, "x")

@@ -131,6 +131,7 @@ def register(app: typer.Typer) -> None:
         """Write a llama.cpp importance matrix (GGUF) for MODEL's Linear layers."""
         from actscope.analyses.quant.imatrix import collect_imatrix
 
+        checks.integer(tokens, "--tokens")
         lm = load(model, dtype, device)
         with StageBars() as bars:
             entries = collect_imatrix(

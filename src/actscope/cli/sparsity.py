@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
         from actscope.analyses.sparsity import measure_run
         from actscope.data import load_corpus
 
+        checks.integer(tokens, "--tokens")
         texts = load_corpus(corpus)
         lm = load(model, dtype, device)
         with StageBars("measure") as bar:
@@ -103,6 +104,7 @@ def register(app: typer.Typer) -> None:
         check_options(
             _words(rules), checks.parse_list(targets, "--targets", float), _words(allocation)
         )
+        checks.integer(tokens, "--tokens")
         texts = load_corpus(corpus)
         lm = load(model, dtype, device)
         with StageBars("calibrate") as bar:
@@ -162,6 +164,7 @@ def register(app: typer.Typer) -> None:
 
         checks.number(prefill_fraction, "--prefill-fraction", 0.0, 1.0, low_open=True)
         cal = load_calibration(thresholds)
+        checks.integer(tokens, "--tokens")
         texts = load_corpus(corpus)
         lm = load(model, dtype, device)
         with StageBars("evaluate") as bar:
