@@ -49,14 +49,17 @@ def register(app: typer.Typer) -> None:
             top_k=top_k,
             seed=seed,
         )
+        texts = load_corpus(corpus)
         if ray:
             from actscope.distributed import profile_ray
+            from actscope.models.loading import model_kind, resolve_device
 
+            model_kind(model)
+            resolve_device(device)
             result = profile_ray(
                 model, corpus, cfg, workers=workers, out=out, dtype=dtype, device=device
             )
         else:
-            texts = load_corpus(corpus)
             lm = load(model, dtype, device)
             with StageBars() as bars:
                 result = profile(
