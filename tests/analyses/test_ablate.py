@@ -57,10 +57,22 @@ def _profile(tmp: Path, layout: str = "events") -> Path:
         }
     )
     stats.to_parquet(tables / "site_stats.parquet")
-    (tmp / "manifest.json").write_text(
-        json.dumps({"config": {"massive_abs": 100.0, "massive_ratio": 1000.0}})
-    )
+    _manifest(tmp)
     return tmp
+
+
+def _manifest(tmp: Path) -> None:
+    """The manifest of a profile run of tiny:llama (what `ablate` checks the model against)."""
+    model = {"name": "tiny:llama", "family": "llama", "file_hash": None}
+    (tmp / "manifest.json").write_text(
+        json.dumps(
+            {
+                "command": "profile",
+                "model": model,
+                "config": {"massive_abs": 100.0, "massive_ratio": 1000.0},
+            }
+        )
+    )
 
 
 @pytest.mark.parametrize("layout", ["events", "split"])
@@ -88,6 +100,7 @@ def test_onset_ignores_a_rare_early_hit(tmp_path: Path) -> None:
             for s, n in counts.items()
         ]
     ).to_parquet(tables / "massive_channels.parquet")
+    _manifest(tmp_path)
     t = detect_targets(tmp_path)
     assert t.first_seen == {7: "resid_post.2"} and t.sites == {"resid_post.2": [7]}
 
@@ -104,6 +117,7 @@ def test_nothing_massive(tmp_path: Path) -> None:
     pd.DataFrame({"site": ["resid_post.0"], "channel": [2], "value": [3.0]}).to_parquet(
         tmp_path / "tables" / "events.parquet"
     )
+    _manifest(tmp_path)
     t = detect_targets(tmp_path)
     assert not t.found and t.ranking["channel"].tolist() == [2]
 

@@ -137,3 +137,29 @@ def test_facts_become_decodable_with_depth_in_smollm2(smollm2: object) -> None:
     assert curves["top1"].iloc[-1] >= 0.75
     assert curves["median_rank"].iloc[8] > 100 * max(curves["median_rank"].iloc[-1], 1)
     assert curves["mean_prob"].iloc[-1] > 5 * curves["mean_prob"].iloc[15]
+
+
+def test_tuned_lens_files_are_checked_on_load_and_against_the_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from safetensors.torch import save_file
+
+    from actscope.analyses.explain.lens import TunedLens, depth_sites
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(bytes(range(256)))
+    with pytest.raises(DataError, match="cannot read tuned lens file"):
+        TunedLens.load(junk)
+    other = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(2)}, str(other))
+    with pytest.raises(DataError, match="is not a tuned lens file .*has tensors x"):
+        TunedLens.load(other)
+    bad = tmp_path / "bad.safetensors"
+    TunedLens(torch.zeros(2, 4, 4), torch.zeros(3, 4), ["a", "b"]).save(bad)
+    with pytest.raises(DataError, match="malformed tuned lens file"):
+        TunedLens.load(bad)
+    sm = sitemap_of(get_model("tiny:llama"))
+    small = tmp_path / "small.safetensors"
+    TunedLens(torch.zeros(2, 4, 4), torch.zeros(2, 4), ["a", "b"]).save(small)
+    with pytest.raises(DataError, match="fitted on another model"):
+        TunedLens.load(small).check_fits(sm)
+    sites, d = depth_sites(sm), int(sm.config.hidden_size)
+    TunedLens(torch.zeros(len(sites), d, d), torch.zeros(len(sites), d), sites).check_fits(sm)

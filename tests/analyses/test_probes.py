@@ -94,3 +94,16 @@ def test_mean_position_and_errors() -> None:
     x = np.array([[0.0], [0.1], [0.2], [5.0]])
     acc, _ = cv_accuracy(x, np.array([0, 0, 0, 1]), folds=4)
     assert acc == pytest.approx(0.75)  # the lone label can never be learnt when held out
+
+
+def test_probe_data_needs_folds_rows_of_each_label() -> None:
+    from actscope.analyses.explain.study_probe import check_labels
+    from actscope.errors import ActscopeError
+
+    check_labels(["a", "b"] * 5, 5)
+    with pytest.raises(DataError, match="5-fold probing needs at least 5 rows of each label"):
+        check_labels(["a", "b"], 5)
+    with pytest.raises(DataError, match="two distinct labels"):
+        check_labels(["a"] * 10, 2)
+    with pytest.raises(ActscopeError, match="folds must be >= 2"):
+        check_labels(["a", "b"] * 5, 1)

@@ -67,6 +67,7 @@ def test_run_covary_pools_runs(tmp_path) -> None:  # type: ignore[no-untyped-def
         (tmp_path / name / "tables").mkdir(parents=True)
         s.to_parquet(tmp_path / name / "tables" / "sensitivity.parquet")
         t.to_parquet(tmp_path / name / "tables" / "site_stats.parquet")
+        (tmp_path / name / "manifest.json").write_text('{"command": "quant"}')
     corr = run_covary([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
     assert "pooled" in set(corr.model)
     assert (tmp_path / "out" / "report.html").exists()

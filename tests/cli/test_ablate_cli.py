@@ -43,4 +43,4 @@ def test_ablate_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 def test_missing_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ablate", "-m", "tiny:llama", "-p", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "not a profile run directory" in err and len(err.splitlines()) == 1
+    assert "not an actscope run directory" in err and len(err.splitlines()) == 1

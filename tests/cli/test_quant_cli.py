@@ -62,7 +62,7 @@ def test_quant_covary_imatrix(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     [
         (["quant", "-m", "tiny:llama", "-q", "int8-sym-row-max"], "cannot parse quantizer"),
         (["quant", "-m", "tiny:llama", "--schemes", "W2A2"], "unknown scheme"),
-        (["covary", "/nonexistent"], "not a quant run directory"),
+        (["covary", "/nonexistent"], "quant run /nonexistent not found"),
     ],
 )
 def test_errors_are_one_line(
@@ -71,3 +71,19 @@ def test_errors_are_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("actscope: error:") and len(err.splitlines()) == 1
+
+
+def test_quant_on_a_subset_of_sites_runs_the_whole_perplexity_sweep(tmp_path: Path) -> None:
+    """The sweep smooths every Linear, so their scales are calibrated although --sites names
+    one site (this ended in a KeyError in smoothed_ranges after the sensitivity pass)."""
+    import pandas as pd
+
+    q = tmp_path / "q"
+    argv = ["quant", "-m", "tiny:llama", "-o", str(q), "--sites", "resid_post", "--grid", "fast"]
+    argv += ["--alphas", "0.5", "--schemes", "W8A8-static", "--calib-tokens", "128"]
+    argv += ["--eval-tokens", "128", "--seq-len", "64", "--dtype", "fp32"]
+    assert main(argv) == 0
+    sens = pd.read_parquet(q / "tables" / "sensitivity.parquet")
+    assert set(sens["kind"]) == {"resid_post"}
+    ppl = pd.read_parquet(q / "tables" / "perplexity.parquet")
+    assert ppl["smoothing"].any() and ppl["perplexity"].notna().all()

@@ -44,10 +44,11 @@ def test_local_sweep_writes_runs_and_one_comparison(
 def test_failed_model_exits_2_after_writing_the_rest(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = _spec(tmp_path, ["tiny:llama", "no-such-model"])
+    (tmp_path / "broken").mkdir()  # resolves as a path, fails when it is loaded
+    spec = _spec(tmp_path, ["tiny:llama", str(tmp_path / "broken")])
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--local"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("actscope: error: 1 model(s) of the sweep failed: no-such-model")
+    assert err.startswith("actscope: error: 1 model(s) of the sweep failed: broken")
     assert (tmp_path / "o" / "comparison" / "report.html").exists()
 
 
@@ -67,4 +68,4 @@ def test_bad_sweep_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["sweep", str(path), "--local"]) == 2
     assert "non-empty 'models'" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "missing.yaml"), "--local"]) == 2
-    assert "cannot read sweep file" in capsys.readouterr().err
+    assert "missing.yaml does not exist" in capsys.readouterr().err

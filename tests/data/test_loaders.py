@@ -198,3 +198,23 @@ def test_folder_errors(tmp_path: Path) -> None:
     (dd / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
     with pytest.raises(DataError, match="DatasetDict with splits train; pass one split folder"):
         load_corpus(dd)
+
+
+def test_read_text_names_the_file_and_the_failure(tmp_path: Path) -> None:
+    from actscope.data import read_text
+
+    good = tmp_path / "a.txt.gz"
+    good.write_bytes(gzip.compress("héllo".encode()))
+    assert read_text(good) == "héllo"
+    latin = tmp_path / "b.txt"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(DataError, match=r"cannot read sweep file .*b.txt as UTF-8 text \(byte 3"):
+        read_text(latin, "sweep file")
+    with pytest.raises(DataError, match="dataset file .*missing does not exist"):
+        read_text(tmp_path / "missing", "dataset file")
+    with pytest.raises(DataError, match="is not a file"):
+        read_text(tmp_path)
+    broken = tmp_path / "c.jsonl.gz"
+    broken.write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="cannot read file"):
+        read_text(broken)

@@ -85,3 +85,65 @@ def test_real_models_describe_themselves() -> None:
     assert s["family"] == "llama" and s["dtype"] == "bfloat16" and s["kind"] == "embedded"
     g = get_model("gemma3-270m", "bf16").describe()
     assert g["family"] == "gemma3_text"
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("tpu", "unknown device 'tpu'"), ("cuda:99", "cuda"), ("", "unknown device")],
+)
+def test_devices_that_do_not_exist_are_refused(device: str, message: str) -> None:
+    from actscope.models import resolve_device
+
+    if device == "cuda:99" and torch.cuda.is_available():
+        message = "only"
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_device(device)
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_model_kind_resolves_without_loading(tmp_path: Path) -> None:
+    from actscope.models.loading import model_kind
+
+    assert model_kind("tiny:llama") == "tiny"
+    assert model_kind(next(iter(EMBEDDED))) == "embedded"
+    assert model_kind(tmp_path) == "path"
+    assert model_kind("org/name") == "hub"
+    with pytest.raises(ModelNotFoundError, match="unknown tiny family"):
+        model_kind("tiny:nope")
+    with pytest.raises(ModelNotFoundError, match="unknown model"):
+        model_kind("no-such-model-x")
+
+
+def test_corrupt_safetensors_in_a_folder_is_a_load_error(tmp_path: Path) -> None:
+    lm = get_model("tiny:llama")
+    lm.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="SafetensorError"):
+        load_model(tmp_path)
+
+
+def test_seq_len_beyond_the_positions_is_refused() -> None:
+    lm = get_model("tiny:gpt2")
+    assert lm.max_positions == 256
+    lm.check_seq_len(256)
+    with pytest.raises(ModelLoadError, match="--seq-len 257 is longer than the 256 positions"):
+        lm.check_seq_len(257)
+
+
+def test_same_model_by_hash_or_by_family_and_size() -> None:
+    lm = get_model("tiny:llama")
+    lm.check_same_model(lm.describe(), "a run")
+    with pytest.raises(ModelLoadError, match="a run was made with tiny:gpt2 \\(family gpt2\\)"):
+        lm.check_same_model({**lm.describe(), "name": "tiny:gpt2", "family": "gpt2"}, "a run")
+    with pytest.raises(ModelLoadError, match="n_parameters 5"):
+        lm.check_same_model({**lm.describe(), "n_parameters": 5}, "a run")
+    hashed = {**lm.describe(), "file_hash": "a" * 64}
+    lm.file_hash = "b" * 64
+    try:
+        with pytest.raises(ModelLoadError, match="weights sha256 aaaaaaaaaaaa"):
+            lm.check_same_model(hashed, "a run")
+        lm.check_same_model({**hashed, "file_hash": "b" * 64, "n_parameters": 5}, "a run")
+    finally:
+        lm.file_hash = None

@@ -35,7 +35,6 @@ Perplexity: ``exp(mean NLL)`` over the real predicted tokens (see :mod:`.perplex
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -49,9 +48,18 @@ from torch import Tensor
 from actscope.analyses.quant.e2e import nll_under
 from actscope.capture.runner import run
 from actscope.capture.trace import Edit, Trace, sitemap_of
-from actscope.data import Batch, Corpus, default_pad_id, load_corpus, make_batches, tokenize_corpus
+from actscope.data import (
+    BOS_POLICIES,
+    Batch,
+    Corpus,
+    default_pad_id,
+    load_corpus,
+    make_batches,
+    tokenize_corpus,
+)
 from actscope.errors import DataError
 from actscope.interventions.ablate import EditCounter, channel_values, massive_entries
+from actscope.utils import checks
 
 RESIDUAL_KINDS = ("embed", "resid_pre", "resid_mid", "resid_post")
 ONSET_FRACTION = 0.5
@@ -109,17 +117,20 @@ def _order(site: str) -> tuple[int, int]:
 
 
 def read_profile(path: str | Path) -> dict[str, Any]:
-    """Tables (by stem) and manifest of a profile run directory."""
+    """Tables (by stem) and manifest of a profile run directory (see
+    :func:`~actscope.analyses.profile.write.read_manifest` for what is refused)."""
+    from actscope.analyses.rundirs import read_manifest
+
     p = Path(path)
+    manifest = read_manifest(p, "profile")
     tables = p / "tables"
     if not tables.is_dir():
-        raise DataError(f"{p} is not a profile run directory (no tables/ folder)")
-    manifest_file = p / "manifest.json"
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    return {
-        "manifest": manifest,
-        "tables": {f.stem: pd.read_parquet(f) for f in sorted(tables.glob("*.parquet"))},
-    }
+        raise DataError(f"{p} is an incomplete profile run (no tables/ folder)")
+    try:
+        frames = {f.stem: pd.read_parquet(f) for f in sorted(tables.glob("*.parquet"))}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the tables of profile run {p}: {exc}") from exc
+    return {"manifest": manifest, "tables": frames, "path": p}
 
 
 def _events(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -214,7 +225,15 @@ class AblationConfig:
     seed: int = 0
     bos: str = "auto"
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
+        """Refuse unknown modes, layers and medians, and sizes or fractions out of range."""
+        for name in ("calib_tokens", "eval_tokens", "seq_len", "batch_size"):
+            checks.integer(getattr(self, name), name)
+        checks.number(self.split, "split", 0.0, 1.0, low_open=True, high_open=True)
+        checks.one_of(self.bos, "bos", BOS_POLICIES)
         bad = [m for m in self.modes if m not in ("zero", "mean")]
         if bad or not self.modes:
             raise DataError(f"ablation modes must be zero and/or mean, got {self.modes}")
@@ -310,6 +329,12 @@ def analyze_ablation(
     """
     cfg = config or AblationConfig()
     cfg.validate()
+    if isinstance(profile, (str, Path)):
+        profile = read_profile(profile)
+    if isinstance(profile, dict) and profile.get("manifest", {}).get("model"):
+        where = profile.get("path", "the profile")
+        lm.check_same_model(profile["manifest"]["model"], f"profile run {where}")
+    lm.check_seq_len(cfg.seq_len)
     t = profile if isinstance(profile, Targets) else detect_targets(profile)
     median = t.median if cfg.median == "auto" else cfg.median
     sm = sitemap_of(lm)

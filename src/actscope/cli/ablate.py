@@ -7,14 +7,10 @@ from typing import Annotated
 
 import typer
 
-from actscope.cli.common import OutCommand, console, load, out_option
-from actscope.cli.quant import StageBars
+from actscope.cli.common import OutCommand, StageBars, console, load, out_option
+from actscope.utils import checks
 
 ABLATE_OUT = Path("runs/ablate")
-
-
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t.strip()]
 
 
 def register(app: typer.Typer) -> None:
@@ -42,10 +38,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Zero / mean-replace massive activations or top-k outlier channels; report perplexity."""
         from actscope.analyses.ablate import AblationConfig, detect_targets, run_ablation
+        from actscope.data import load_corpus
 
         cfg = AblationConfig(
             modes=[m.strip() for m in modes.split(",") if m.strip()],
-            topk=_ints(topk),
+            topk=checks.parse_list(topk, "--topk", int),
             random_control=random_control,
             layers=layers,
             median=median,
@@ -56,11 +53,11 @@ def register(app: typer.Typer) -> None:
             split=split,
             seed=seed,
         )
-        cfg.validate()
         targets = detect_targets(profile)
+        texts = load_corpus(corpus)
         lm = load(model, dtype, device)
         with StageBars() as bars:
-            res = run_ablation(lm, profile, out, corpus, cfg, progress=bars)
+            res = run_ablation(lm, profile, out, texts, cfg, progress=bars)
         where = "; ".join(f"{c} at {s}" for s, c in targets.sites.items()) or "none found"
         console.print(f"[bold]{res.model}[/]: massive channels {where}")
         for r in res.table.itertuples():

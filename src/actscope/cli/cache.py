@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         from actscope.data import load_corpus
         from actscope.store import StorePlan, build_store
 
+        texts = load_corpus(corpus)
         if device_map:
             from actscope.distributed import load_dispatched
 
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
                 lm = load_dispatched(model, dtype=dtype, device_map=device_map)
         else:
             lm = load(model, dtype, device)
-        texts = load_corpus(corpus)
+        lm.check_seq_len(seq_len)
         bar = token_progress(None, "cache")
         task = bar.add_task("cache", total=None, rate="")
 

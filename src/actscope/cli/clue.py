@@ -28,8 +28,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
     ) -> None:
         """Answer, self-check and score arithmetic answers; AUROC of CLUE vs confidence."""
-        from actscope.analyses.explain.study_clue import clue_study, write_run
+        from actscope.analyses.explain.study_clue import check_options, clue_study, write_run
 
+        check_options(n, max_operand, folds, max_new_tokens, batch_size)
         t0 = time.perf_counter()
         lm = load(model, dtype, device)
         with console.status(f"answering and scoring {n} problems ..."):

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from actscope.cli.common import MODEL_HELP, OutCommand, console, load, out_option
+from actscope.utils import checks
 
 LENS_OUT = Path("runs/lens")
 
@@ -54,12 +55,25 @@ def register(app: typer.Typer) -> None:
             summary,
             write_run,
         )
+        from actscope.capture.trace import sitemap_of
+        from actscope.data import load_corpus
 
+        checks.integer(limit, "--limit", 0)
+        checks.integer(fit_tokens, "--fit-tokens")
+        checks.integer(eval_tokens, "--eval-tokens", 0)
+        checks.integer(seq_len, "--seq-len")
+        checks.integer(batch_size, "--batch-size")
+        checks.number(ridge, "--ridge", 0.0)
         texts, targets = load_prompts(prompts, limit or None)
-        t0 = time.perf_counter()
-        lm = load(model, dtype, device)
         given = TunedLens.load(tuned_from) if tuned_from else None
         use_tuned = tuned or given is not None
+        if (use_tuned and given is None) or eval_tokens > 0:
+            load_corpus(corpus)
+        t0 = time.perf_counter()
+        lm = load(model, dtype, device)
+        if given is not None:
+            given.check_fits(sitemap_of(lm))
+        lm.check_seq_len(seq_len)
         fit = None
         if use_tuned and given is None:
             with console.status(f"fitting the tuned lens on {fit_tokens} tokens ..."):

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from actscope.cli.common import MODEL_HELP, OutCommand, console, load, out_option, token_progress
+from actscope.utils import checks
 
 PATCH_OUT = Path("runs/patch")
 
@@ -66,6 +67,8 @@ def register(app: typer.Typer) -> None:
         if method not in METHODS:
             raise ActscopeError(f"method must be one of {', '.join(METHODS)}, not '{method}'")
         check_direction(direction)
+        checks.integer(limit, "--limit", 0)
+        checks.integer(batch_size, "--batch-size")
         source = load_pairs(pairs, limit or None)
         t0 = time.perf_counter()
         lm = load(model, dtype, device)

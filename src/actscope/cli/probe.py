@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from actscope.cli.common import MODEL_HELP, OutCommand, console, load, out_option
+from actscope.utils import checks
 
 PROBE_OUT = Path("runs/probe")
 
@@ -42,13 +43,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Cross-validated probe accuracy, control accuracy and selectivity per layer."""
         from actscope.analyses.explain.study_probe import (
+            check_labels,
             load_labelled,
             probe_study,
             summary,
             write_run,
         )
 
+        checks.integer(limit, "--limit", 0)
+        checks.integer(batch_size, "--batch-size")
+        checks.number(c, "--C", 0.0, low_open=True)
+        checks.one_of(position, "--position", ("last", "mean"))
         texts, labels, keys = load_labelled(data, limit or None)
+        check_labels(labels, folds)
         t0 = time.perf_counter()
         lm = load(model, dtype, device)
         with console.status("collecting features and fitting probes ..."):

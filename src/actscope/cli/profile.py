@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from actscope.cli.common import CORPUS_HELP, MODEL_HELP, OutCommand, console, load, out_option
+from actscope.cli.common import (
+    CORPUS_HELP,
+    MODEL_HELP,
+    OutCommand,
+    StageBars,
+    console,
+    load,
+    out_option,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +44,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Profile activation magnitudes at every site; write tables, exports and report.html."""
         from actscope.analyses.profile import ProfileConfig, profile
+        from actscope.data import load_corpus
 
         cfg = ProfileConfig(
             sites=[s for s in sites.split(",") if s],
@@ -46,16 +55,27 @@ def register(app: typer.Typer) -> None:
             top_k=top_k,
             seed=seed,
         )
+        texts = load_corpus(corpus)
         if ray:
             from actscope.distributed import profile_ray
+            from actscope.models.loading import model_kind, resolve_device
 
+            model_kind(model)
+            resolve_device(device)
             result = profile_ray(
                 model, corpus, cfg, workers=workers, out=out, dtype=dtype, device=device
             )
         else:
             lm = load(model, dtype, device)
-            with _TokenBar(cfg.max_tokens) as bar:
-                result = profile(lm, corpus, out=out, config=cfg, progress=bar.advance)
+            with StageBars() as bars:
+                result = profile(
+                    lm,
+                    texts,
+                    out=out,
+                    config=cfg,
+                    progress=bars.advance,
+                    on_plan=lambda total: bars.stage("profile", total),
+                )
         _print_summary(result)
 
     @app.command("compare", cls=OutCommand)
@@ -69,50 +89,6 @@ def register(app: typer.Typer) -> None:
         res = compare_runs(list(runs), out=out)
         console.print(res["table"].to_string(index=False))
         print(out / "report.html")
-
-
-class _TokenBar:
-    """A rich progress bar over tokens showing tokens/s and ETA."""
-
-    def __init__(self, total: int | None) -> None:
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]profile"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.completed:,} tok"),
-            TextColumn("{task.speed:,.0f} tok/s" if False else "{task.fields[rate]}"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self.total = total
-        self.task = None
-
-    def __enter__(self) -> _TokenBar:
-        import time
-
-        self.progress.start()
-        self.t0 = time.perf_counter()
-        self.task = self.progress.add_task("profile", total=self.total, rate="")
-        return self
-
-    def advance(self, n: int) -> None:
-        import time
-
-        done = self.progress.tasks[0].completed + n
-        rate = done / max(1e-9, time.perf_counter() - self.t0)
-        self.progress.update(self.task, advance=n, rate=f"{rate:,.0f} tok/s")
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
 
 def _print_summary(result: object) -> None:
@@ -129,6 +105,11 @@ def _print_summary(result: object) -> None:
         f"resid_post kurtosis (mean over layers) = "
         f"{s['kurtosis']['resid_post_token_mean_over_layers']:.4g}"
     )
+    if s.get("nonfinite_values"):
+        console.print(
+            f"  [bold red]{s['nonfinite_values']:,} NaN/Inf values[/] were counted and left out "
+            "of every statistic (see the sites table's nan, posinf and neginf columns)"
+        )
     out = getattr(result, "out", None)
     if out is not None:
         print(Path(out) / "report.html")

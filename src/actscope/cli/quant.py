@@ -2,67 +2,25 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from actscope.cli.common import CORPUS_HELP, MODEL_HELP, OutCommand, console, load, out_option
+from actscope.cli.common import (
+    CORPUS_HELP,
+    MODEL_HELP,
+    OutCommand,
+    StageBars,
+    console,
+    load,
+    out_option,
+)
+from actscope.utils import checks
 
 QUANT_OUT = Path("runs/quant")
 COVARY_OUT = Path("runs/covary")
 IMATRIX_OUT = Path("imatrix.gguf")
-
-
-class StageBars:
-    """Rich progress bars, one per analysis stage (tokens, or steps when the total is None)."""
-
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description:<12}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        self.task: Any = None
-        self.t0 = 0.0
-        self.unit = "tok"
-
-    def __enter__(self) -> StageBars:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def stage(self, name: str, total: int | None) -> None:
-        self.unit = "tok" if total is not None else "runs"
-        self.task = self.progress.add_task(name, total=total, rate="")
-        self.t0 = time.perf_counter()
-
-    def advance(self, n: int) -> None:
-        task = self.progress.tasks[-1]
-        done = task.completed + n
-        rate = done / max(1e-9, time.perf_counter() - self.t0)
-        self.progress.update(self.task, advance=n, rate=f"{rate:,.1f} {self.unit}/s")
-
-
-def _floats(text: str) -> list[float]:
-    return [float(t) for t in text.split(",") if t.strip()]
 
 
 def _names(text: str) -> list[str]:
@@ -120,6 +78,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-site quantization sensitivity, co-variation, perplexity with SmoothQuant, imatrix."""
         from actscope.analyses.quant import QuantConfig, run_quant
+        from actscope.data import load_corpus
 
         cfg = QuantConfig(
             sites=_names(sites),
@@ -137,14 +96,15 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             bos=bos,
             schemes=_names(schemes),
-            alphas=_floats(alphas),
+            alphas=checks.parse_list(alphas, "--alphas", float),
             sensitivity=not no_sensitivity,
             e2e=not no_e2e,
         )
         cfg.validate()  # fail on a bad quantizer or scheme name before loading the model
+        texts = load_corpus(corpus)
         lm = load(model, dtype, device)
         with StageBars() as bars:
-            res = run_quant(lm, out, corpus, cfg, progress=bars)
+            res = run_quant(lm, out, texts, cfg, progress=bars)
         _print_quant(res)
         print(out / "report.html")
 
@@ -179,6 +139,7 @@ def register(app: typer.Typer) -> None:
         """Write a llama.cpp importance matrix (GGUF) for MODEL's Linear layers."""
         from actscope.analyses.quant.imatrix import collect_imatrix
 
+        checks.integer(tokens, "--tokens")
         lm = load(model, dtype, device)
         with StageBars() as bars:
             entries = collect_imatrix(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -12,51 +10,16 @@ from actscope.cli.common import (
     CORPUS_HELP,
     MODEL_HELP,
     OutCommand,
+    StageBars,
     console,
     load,
     out_option,
-    token_progress,
 )
-from actscope.errors import ActscopeError
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ActscopeError(f"{what} must be comma-separated numbers, got '{text}'") from None
+from actscope.utils import checks
 
 
 def _words(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
-
-
-class _Bar:
-    """A rich progress bar fed with ``(stage, done, total)`` or ``(label)`` calls."""
-
-    def __init__(self, title: str) -> None:
-        self.progress = token_progress(None, title=title)
-        self.tasks: dict[str, Any] = {}
-        self.t0: dict[str, float] = {}
-
-    def __enter__(self) -> _Bar:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total, rate="")
-            self.t0[stage] = time.perf_counter()
-        rate = done / max(1e-9, time.perf_counter() - self.t0[stage])
-        self.progress.update(self.tasks[stage], completed=done, total=total, rate=f"{rate:,.0f}/s")
-
-    def label(self, text: str) -> None:
-        if "steps" not in self.tasks:
-            self.tasks["steps"] = self.progress.add_task(text, total=None, rate="")
-        self.progress.update(self.tasks["steps"], description=text, advance=1)
 
 
 def register(app: typer.Typer) -> None:
@@ -84,14 +47,16 @@ def register(app: typer.Typer) -> None:
         from actscope.analyses.sparsity import measure_run
         from actscope.data import load_corpus
 
+        checks.integer(tokens, "--tokens")
+        texts = load_corpus(corpus)
         lm = load(model, dtype, device)
-        with _Bar("measure") as bar:
+        with StageBars("measure") as bar:
             res = measure_run(
                 lm,
-                load_corpus(corpus),
+                texts,
                 out,
                 tokens=tokens,
-                eps=_floats(eps, "--eps"),
+                eps=checks.parse_list(eps, "--eps", float),
                 cett_target=cett,
                 cett_tokens=cett_tokens,
                 seq_len=seq_len,
@@ -141,16 +106,22 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Calibrate thresholds per Linear input; writes OUT/thresholds.json."""
         from actscope.analyses.sparsity import calibrate_run
+        from actscope.analyses.sparsity.calibrate import check_options
         from actscope.data import load_corpus
 
+        check_options(
+            _words(rules), checks.parse_list(targets, "--targets", float), _words(allocation)
+        )
+        checks.integer(tokens, "--tokens")
+        texts = load_corpus(corpus)
         lm = load(model, dtype, device)
-        with _Bar("calibrate") as bar:
+        with StageBars("calibrate") as bar:
             res = calibrate_run(
                 lm,
-                load_corpus(corpus),
+                texts,
                 out,
                 rules=_words(rules),
-                targets=_floats(targets, "--targets"),
+                targets=checks.parse_list(targets, "--targets", float),
                 allocations=_words(allocation),
                 tokens=tokens,
                 fraction=fraction,
@@ -199,16 +170,19 @@ def register(app: typer.Typer) -> None:
         from actscope.analyses.sparsity.report import sweep_pivot
         from actscope.data import load_corpus
 
+        checks.number(prefill_fraction, "--prefill-fraction", 0.0, 1.0, low_open=True)
         cal = load_calibration(thresholds)
+        checks.integer(tokens, "--tokens")
+        texts = load_corpus(corpus)
         lm = load(model, dtype, device)
-        with _Bar("evaluate") as bar:
+        with StageBars("evaluate") as bar:
             res = evaluate_run(
                 lm,
-                load_corpus(corpus),
+                texts,
                 out,
                 cal,
                 rules=_words(rules),
-                targets=_floats(targets, "--targets"),
+                targets=checks.parse_list(targets, "--targets", float),
                 allocations=_words(allocation),
                 prefill_fraction=prefill_fraction,
                 mode="topk" if topk else "threshold",
@@ -244,16 +218,26 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Batch-1 decode speed: sparse CPU kernels vs dense, with the ideal line."""
         from actscope.analyses.sparsity import bench_run, load_calibration
+        from actscope.analyses.sparsity.runs import check_bench_options
 
+        check_bench_options(
+            rule,
+            checks.parse_list(targets, "--targets", float),
+            allocation,
+            _words(kernels),
+            _words(dtypes),
+            new_tokens,
+            repeats,
+        )
         cal = load_calibration(thresholds)
         lm = load(model, "auto", "cpu")
-        with _Bar("bench") as bar:
+        with StageBars("bench") as bar:
             _g, decodes = bench_run(
                 lm,
                 out,
                 cal,
                 rule=rule,
-                targets=_floats(targets, "--targets"),
+                targets=checks.parse_list(targets, "--targets", float),
                 mode="topk" if topk else "threshold",
                 allocation=allocation,
                 kernels=_words(kernels),

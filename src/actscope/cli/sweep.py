@@ -27,12 +27,23 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Profile every model of SPEC as a separate task; write the runs and one comparison."""
+        from actscope.data import load_corpus
         from actscope.distributed import SweepError, load_sweep, require_ray, run_sweep
         from actscope.distributed.sweep import check_outputs
+        from actscope.models.loading import model_kind, resolve_device, resolve_dtype
 
         sweep = load_sweep(spec)
         if not local:
             require_ray("`actscope sweep` (add --local to run without Ray)")
+        if workers is not None and workers < 1:
+            raise SweepError(f"--workers must be >= 1, got {workers}")
+        # the run tolerates a model that fails while it loads or runs; names that cannot
+        # resolve, and a corpus that cannot be read, are refused before any model starts
+        load_corpus(sweep.corpus)
+        for m in sweep.models:
+            model_kind(m.model)
+            resolve_device(m.device)
+            resolve_dtype(m.dtype, m.device)
         target = Path(out or sweep.out or "runs/sweep")
         check_outputs(sweep, target)  # before anything is printed or loaded
         names = ", ".join(m.name for m in sweep.models)

@@ -24,7 +24,7 @@ from actscope.data.batching import (
     tokenizer_adds_bos,
 )
 from actscope.data.corpus import UNLABELED, Corpus, Sample
-from actscope.data.loaders import DEFAULT_CORPUS_FILE, DEFAULT_CORPUS_SHA256, load_corpus
+from actscope.data.loaders import DEFAULT_CORPUS_FILE, DEFAULT_CORPUS_SHA256, load_corpus, read_text
 
 __all__ = [
     "BOS_POLICIES",
@@ -41,6 +41,7 @@ __all__ = [
     "make_batches",
     "padding_fraction",
     "policy_record",
+    "read_text",
     "tokenize_corpus",
     "tokenizer_adds_bos",
 ]

@@ -92,11 +92,11 @@ def _file_samples(path: Path, label: str) -> Iterator[Sample]:
     """Samples of one file; ``label`` (its path relative to the spec) prefixes generated ids."""
     kind = _suffix(path)
     if kind == ".txt":
-        docs = _BLANK_LINE.split(_read_text(path))
+        docs = _BLANK_LINE.split(read_text(path, "corpus file"))
         rows = (_Row(k, doc.strip()) for k, doc in enumerate(docs))
         return _to_samples(rows, label, str(path), "document")
     if kind in (".jsonl", ".jsonl.gz"):
-        return _to_samples(_jsonl_rows(_read_lines(path), str(path)), label, str(path), "line")
+        return _to_samples(_jsonl_rows(read_text(path, "corpus file").splitlines(), str(path)), label, str(path), "line")
     if kind == ".parquet":
         try:
             table = pq.read_table(path)
@@ -133,7 +133,7 @@ def _dir_samples(path: Path) -> Iterator[Sample]:
     for file in files:
         rel = file.relative_to(path).as_posix()
         if kinds == {".txt"}:
-            text = _read_text(file).strip()
+            text = read_text(file, "corpus file").strip()
             if text:
                 yield Sample(rel, UNLABELED, text, str(file))
         else:
@@ -206,21 +206,29 @@ def _to_samples(rows: Iterable[_Row], label: str, where: str, unit: str) -> Iter
         yield Sample(sample_id, domain, row.text, str(row.source or where))
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path} as UTF-8 text: {_one_line(err)}") from err
+def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
+    """The text of ``path`` decoded as UTF-8 (a ``.gz`` file is decompressed first).
 
-
-def _read_lines(path: Path) -> list[str]:
+    Every failure (missing, a folder, unreadable, corrupt gzip, binary or another encoding)
+    raises :class:`DataError` with one line that names ``what`` the file was meant to be.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{what} {p} does not exist")
+    if not p.is_file():
+        raise DataError(f"{what} {p} is not a file")
     try:
-        raw = path.read_bytes()
-        if _suffix(path) == ".jsonl.gz":
+        raw = p.read_bytes()
+        if p.name.lower().endswith(".gz"):
             raw = gzip.decompress(raw)
-        return raw.decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError, EOFError) as err:
-        raise DataError(f"cannot read {path}: {_one_line(err)}") from err
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"cannot read {what} {p} as UTF-8 text (byte {err.start}: {err.reason}; "
+            "a binary file or another encoding?)"
+        ) from err
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {what} {p}: {_one_line(err)}") from err
 
 
 def _one_line(err: BaseException) -> str:

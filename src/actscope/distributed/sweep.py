@@ -38,8 +38,9 @@ from typing import Any
 import yaml
 
 from actscope.analyses.profile import ProfileConfig, ProfileResult, compare_runs, write_run
+from actscope.data.loaders import read_text
 from actscope.distributed.cluster import ray_session, require_ray, worker_resources
-from actscope.errors import ActscopeError, DataError, suggest
+from actscope.errors import ActscopeError, suggest
 from actscope.runs import check_out, to_jsonable, write_failure
 from actscope.utils.atomic import atomic_write_text
 
@@ -159,10 +160,9 @@ def _parse_config(opts: Any) -> ProfileConfig:
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep YAML file."""
     p = Path(path)
+    text = read_text(p, "sweep file")
     try:
-        obj = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"cannot read sweep file {p}: {exc.strerror or exc}") from exc
+        obj = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0]
         raise SweepError(f"{p} is not valid YAML: {first}") from exc

@@ -73,6 +73,53 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
+    @property
+    def max_positions(self) -> int | None:
+        """Longest sequence the model was built for (``max_position_embeddings`` or GPT-2's
+        ``n_positions``), or None when its config records no limit."""
+        cfg = self.model.config
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(text, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def check_seq_len(self, seq_len: int, option: str = "--seq-len") -> None:
+        """Refuse sequences longer than :attr:`max_positions` before any forward pass: GPT-2
+        fails with an IndexError there, and rotary models run on, past the positions they were
+        trained for, giving meaningless activations."""
+        limit = self.max_positions
+        if limit is not None and seq_len > limit:
+            raise ModelLoadError(
+                f"{option} {seq_len} is longer than the {limit} positions {self.name} supports "
+                "(max_position_embeddings)"
+            )
+
+    def check_same_model(self, recorded: dict[str, Any], what: str) -> None:
+        """Refuse ``what`` (a run, a file) made with another model than this one.
+
+        ``recorded`` is the ``model`` entry of its manifest (:meth:`describe`). The weights'
+        SHA-256 decides when both sides have one; otherwise family and parameter count must
+        agree (a tiny or Hugging Face folder model has no file hash).
+        """
+        theirs, mine = recorded.get("file_hash"), self.file_hash
+        name = recorded.get("name", "another model")
+        if theirs and mine:
+            if theirs != mine:
+                raise ModelLoadError(
+                    f"{what} was made with {name} (weights sha256 {str(theirs)[:12]}...), "
+                    f"not with {self.name} ({mine[:12]}...)"
+                )
+            return
+        n_params = int(sum(p.numel() for p in self.model.parameters()))
+        for key, value in (("family", self.family), ("n_parameters", n_params)):
+            if key in recorded and recorded[key] != value:
+                raise ModelLoadError(
+                    f"{what} was made with {name} ({key} {recorded[key]}), not with "
+                    f"{self.name} ({key} {value})"
+                )
+
     def describe(self) -> dict[str, Any]:
         """Manifest entry: name, source, file hash, family, dtype, device."""
         return {
@@ -101,10 +148,30 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 
 
 def resolve_device(device: str | None) -> str:
-    """``auto``/None -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    """``auto``/None -> ``cuda`` when a GPU is visible, else ``cpu``; a named device must exist.
+
+    Raises :class:`ModelLoadError` for a name torch does not know (``tpu``), for ``cuda`` on a
+    build or machine without CUDA, for a CUDA index beyond the visible GPUs and for ``mps``
+    where Metal is not available.
+    """
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(
+            f"unknown device '{device}' (use auto, cpu, cuda, cuda:N or mps)"
+        ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU visible"
+            raise ModelLoadError(f"--device {device}: CUDA is not available ({why}); use cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ModelLoadError(f"--device {device}: only {count} CUDA device(s) are visible")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"--device {device}: Metal (mps) is not available; use cpu")
+    return str(device)
 
 
 def load_model(
@@ -123,24 +190,17 @@ def load_model(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     spec_s = str(spec)
-    if spec_s.startswith("tiny:"):
+    kind = model_kind(spec_s)
+    if kind == "tiny":
         lm = _load_tiny(spec_s[5:], dt)
-    elif spec_s in EMBEDDED:
+    elif kind == "embedded":
         gguf = embedded_gguf(spec_s)
         lm = _load_gguf(gguf, dt, use_cache=use_cache, name=spec_s)
         lm.kind = "embedded"
+    elif kind == "path":
+        lm = _load_path(Path(spec_s).expanduser(), dt, device_map, use_cache)
     else:
-        path = Path(spec_s).expanduser()
-        if path.exists():
-            lm = _load_path(path, dt, device_map, use_cache)
-        elif _HUB_ID.match(spec_s) and not spec_s.startswith((".", "/")):
-            lm = _load_hub(spec_s, dt, device_map)
-        else:
-            names = list(EMBEDDED)
-            raise ModelNotFoundError(
-                f"unknown model '{spec_s}': not an embedded name ({', '.join(names)}), "
-                f"an existing path or a hub id{suggest(spec_s, names)}"
-            )
+        lm = _load_hub(spec_s, dt, device_map)
     if device_map is None:
         lm.model.to(dev)
     lm.model.eval()
@@ -148,13 +208,37 @@ def load_model(
     return lm
 
 
-def _load_tiny(family: str, dt: torch.dtype) -> LoadedModel:
-    from actscope.models.tiny import CONFIGS, build_tiny, byte_tokenizer
+def model_kind(spec: str | os.PathLike[str]) -> str:
+    """Which way :func:`load_model` reads ``spec``: ``tiny``, ``embedded``, ``path`` or ``hub``
+    (see the module docstring), without loading anything. Unknown names raise
+    :class:`ModelNotFoundError`, so a command can refuse them before any other work."""
+    spec_s = str(spec)
+    if spec_s.startswith("tiny:"):
+        from actscope.models.tiny import CONFIGS
 
-    if family not in CONFIGS:
-        raise ModelNotFoundError(
-            f"unknown tiny family '{family}'{suggest(family, CONFIGS)}; known: {', '.join(CONFIGS)}"
-        )
+        family = spec_s[5:]
+        if family not in CONFIGS:
+            raise ModelNotFoundError(
+                f"unknown tiny family '{family}'{suggest(family, CONFIGS)}; "
+                f"known: {', '.join(CONFIGS)}"
+            )
+        return "tiny"
+    if spec_s in EMBEDDED:
+        return "embedded"
+    if Path(spec_s).expanduser().exists():
+        return "path"
+    if _HUB_ID.match(spec_s) and not spec_s.startswith((".", "/")):
+        return "hub"
+    names = list(EMBEDDED)
+    raise ModelNotFoundError(
+        f"unknown model '{spec_s}': not an embedded name ({', '.join(names)}), "
+        f"an existing path or a hub id{suggest(spec_s, names)}"
+    )
+
+
+def _load_tiny(family: str, dt: torch.dtype) -> LoadedModel:
+    from actscope.models.tiny import build_tiny, byte_tokenizer
+
     model = build_tiny(family, dtype=dt)
     return LoadedModel(model, byte_tokenizer(), name=f"tiny:{family}", source="random", kind="tiny")
 
@@ -179,6 +263,8 @@ def _load_hub(repo_id: str, dt: torch.dtype, device_map: Any) -> LoadedModel:
     try:
         return _load_hf_dir(repo_id, dt, device_map, name=repo_id, local_only=True)
     except ModelLoadError as exc:
+        if not isinstance(exc.__cause__, OSError):  # found, but corrupt
+            raise
         raise ModelNotFoundError(
             f"hub id '{repo_id}' is not in the local Hugging Face cache "
             "(actscope does not download at run time; fetch it first or pass a local path)"
@@ -193,10 +279,21 @@ def _load_hf_dir(
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=dt, device_map=device_map, local_files_only=local_only
         )
-    except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load '{where}': {first}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # corrupt weights raise SafetensorError, UnpicklingError, ...
+        raise ModelLoadError(f"cannot load '{where}': {_first_line(exc)}") from exc
     return LoadedModel(model=model, tokenizer=tok, name=name, source=str(where), kind="hf")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message; library errors that are not plain I/O or
+    value errors (``SafetensorError``, ``UnpicklingError``, ...) are named by their type."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if isinstance(exc, (OSError, ValueError)) and first:
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _check_gguf_header(path: Path) -> None:
@@ -234,9 +331,10 @@ def _load_gguf(path: Path, dt: torch.dtype, *, use_cache: bool, name: str) -> Lo
             model = AutoModelForCausalLM.from_pretrained(
                 path.parent, gguf_file=path.name, dtype=torch.float32
             )
+        except MemoryError:
+            raise
         except Exception as exc:  # transformers raises many types for a corrupt file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot read GGUF {path}: {first}") from exc
+            raise ModelLoadError(f"cannot read GGUF {path}: {_first_line(exc)}") from exc
         if use_cache:
             _write_dense_cache(model, tok, dense)
         model = model.to(dt)

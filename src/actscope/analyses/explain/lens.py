@@ -86,14 +86,44 @@ class TunedLens:
 
     @classmethod
     def load(cls, path: str | Path) -> TunedLens:
-        from safetensors import safe_open
+        """Read a file written by :meth:`save`; anything else raises :class:`DataError`."""
+        from safetensors import SafetensorError, safe_open
 
         p = Path(path)
         if not p.is_file():
             raise DataError(f"tuned lens file {p} does not exist")
-        with safe_open(str(p), "pt") as fh:
-            meta = fh.metadata() or {}
-            return cls(fh.get_tensor("weight"), fh.get_tensor("bias"), meta["sites"].split(","))
+        try:
+            with safe_open(str(p), "pt") as fh:
+                meta = fh.metadata() or {}
+                keys = set(fh.keys())
+                if not {"weight", "bias"} <= keys or "sites" not in meta:
+                    raise DataError(
+                        f"{p} is not a tuned lens file (needs tensors weight and bias and "
+                        f"'sites' metadata; has tensors {', '.join(sorted(keys)) or 'none'})"
+                    )
+                lens = cls(fh.get_tensor("weight"), fh.get_tensor("bias"), meta["sites"].split(","))
+        except (SafetensorError, OSError) as exc:
+            raise DataError(f"cannot read tuned lens file {p}: {exc}") from exc
+        depths = len(lens.sites)
+        w, b = lens.weight, lens.bias
+        if w.ndim != 3 or w.shape[0] != depths or w.shape[1] != w.shape[2] or b.shape != (
+            depths,
+            w.shape[-1],
+        ):
+            raise DataError(
+                f"malformed tuned lens file {p}: weight {tuple(w.shape)}, bias {tuple(b.shape)} "
+                f"for {depths} sites"
+            )
+        return lens
+
+    def check_fits(self, sm: SiteMap) -> None:
+        """Refuse a lens fitted on a model with other depth sites or another width."""
+        sites, width = depth_sites(sm), int(sm.config.hidden_size)
+        if self.sites != sites or self.weight.shape[-1] != width:
+            raise DataError(
+                f"the tuned lens was fitted on another model ({len(self.sites)} depths of width "
+                f"{self.weight.shape[-1]}; this model has {len(sites)} of width {width})"
+            )
 
 
 class TunedLensFit:

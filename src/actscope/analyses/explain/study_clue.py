@@ -22,6 +22,7 @@ from actscope.analyses.explain.clue import (
 )
 from actscope.errors import DataError
 from actscope.report import Report
+from actscope.utils import checks
 
 
 @dataclass
@@ -31,6 +32,18 @@ class ClueStudy:
     answers: pd.DataFrame
     layers: pd.DataFrame
     headline: dict[str, Any] = field(default_factory=dict)
+
+
+def check_options(
+    n: int, max_operand: int, folds: int, max_new_tokens: int, batch_size: int
+) -> None:
+    """Refuse sizes a CLUE study cannot run with (before the model is loaded): scoring needs
+    at least 2 correct and 2 wrong answers, so at least 4 problems, and 2 folds."""
+    checks.integer(folds, "--folds", 2)
+    checks.integer(n, "--n", 4)
+    checks.integer(max_operand, "--max-operand")
+    checks.integer(max_new_tokens, "--max-new-tokens")
+    checks.integer(batch_size, "--batch-size")
 
 
 def clue_study(
@@ -44,6 +57,7 @@ def clue_study(
     batch_size: int = 32,
 ) -> ClueStudy:
     """Generate, check, summarise and score ``n`` arithmetic answers (see module docstring)."""
+    check_options(n, max_operand, folds, max_new_tokens, batch_size)
     problems = arithmetic_problems(n, seed=seed, max_operand=max_operand)
     answers = generate_answers(
         lm, [p.prompt for p in problems], max_new_tokens=max_new_tokens, batch_size=batch_size

@@ -50,6 +50,7 @@ def corpus_batches(
     """Batches of half ``part`` (0 = fit, 1 = held out) of a corpus split 50/50 by ``seed``."""
     from actscope.data import default_pad_id, load_corpus, make_batches, tokenize_corpus
 
+    lm.check_seq_len(seq_len)
     halves = load_corpus(corpus).split(0.5, seed=seed)
     toks = tokenize_corpus(
         halves[part], lm.tokenizer, seq_len=seq_len, max_tokens=max_tokens, seed=seed

@@ -3,6 +3,7 @@ the tables and the HTML report."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from actscope.analyses.explain.probes import (
 from actscope.datasets.explain import read_jsonl, require
 from actscope.errors import DataError
 from actscope.report import Report
+from actscope.utils import checks
 
 
 @dataclass
@@ -45,6 +47,22 @@ def load_labelled(
     return [str(r["text"]) for r in rows], [str(r["label"]) for r in rows], keys
 
 
+def check_labels(labels: Sequence[str], folds: int) -> None:
+    """Refuse data a ``folds``-fold cross-validated probe cannot be fitted on: fewer than two
+    distinct labels, or a label with fewer than ``folds`` examples (every held-out fold must
+    hold each label, so two rows give no meaningful accuracy)."""
+    checks.integer(folds, "folds", 2)
+    counts = Counter(labels)
+    if len(counts) < 2:
+        raise DataError("probing needs at least two distinct labels")
+    label, fewest = min(counts.items(), key=lambda kv: kv[1])
+    if fewest < folds:
+        raise DataError(
+            f"{folds}-fold probing needs at least {folds} rows of each label; label {label!r} "
+            f"has {fewest} ({len(labels)} rows in all)"
+        )
+
+
 def probe_study(
     lm: Any,
     texts: Sequence[str],
@@ -63,8 +81,9 @@ def probe_study(
     Without ``keys`` the control task is keyed by the token at the probed position (its last
     token), as in Hewitt & Liang's word-type control.
     """
-    if len(set(labels)) < 2:
-        raise DataError("probing needs at least two distinct labels")
+    check_labels(labels, folds)
+    checks.number(c, "C", 0.0, low_open=True)
+    checks.integer(batch_size, "batch size")
     names = probe_sites(lm, sites)
     feats, last = collect_features(lm, texts, names, position, batch_size)
     key_name = "key" if keys is not None else "last token"

@@ -11,7 +11,9 @@ Three steps, so that work can be split across processes and machines:
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from actscope.analyses.profile.collector import ProfileCollector, find_aliases
 from actscope.analyses.profile.config import ProfileConfig
 from actscope.capture.runner import run
 from actscope.capture.trace import sitemap_of
-from actscope.data import load_corpus, make_batches, policy_record, tokenize_corpus
+from actscope.data import Corpus, load_corpus, make_batches, policy_record, tokenize_corpus
 from actscope.errors import DataError
 from actscope.models import LoadedModel, load_model
 
@@ -131,38 +133,47 @@ def collect(
 
 def profile(
     model: str | LoadedModel = "smollm2-135m",
-    corpus: str | Any = "default",
+    corpus: str | Corpus = "default",
     *,
     out: str | Path | None = None,
     config: ProfileConfig | None = None,
     dtype: str = "auto",
     device: str = "auto",
-    progress: Any = None,
+    progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[int], None] | None = None,
     **overrides: Any,
 ) -> ProfileResult:
     """Profile ``model`` on ``corpus``; write the run directory to ``out`` when given.
 
     Keyword overrides set :class:`ProfileConfig` fields (``max_tokens=20_000``, ``sites=[...]``).
+    Everything that can be wrong with the input is checked before the first forward pass, in
+    this order: options, corpus, model, sites and sequence length. ``on_plan(n_tokens)`` is
+    then called with the number of real tokens the run will read, and ``progress(n)`` after
+    each batch.
     """
     from actscope.analyses.profile.finalize import finalize
     from actscope.analyses.profile.view import token_channel_view
     from actscope.analyses.profile.write import write_run
 
     cfg = config or ProfileConfig()
-    for key, value in overrides.items():
-        if not hasattr(cfg, key):
-            raise TypeError(f"unknown profile option '{key}'")
-        setattr(cfg, key, value)
+    unknown = [key for key in overrides if not hasattr(cfg, key)]
+    if unknown:
+        raise TypeError(f"unknown profile option '{unknown[0]}'")
+    cfg = dataclasses.replace(cfg, **overrides)  # __post_init__ checks the new values
     t0 = time.perf_counter()
-    lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
     corp = load_corpus(corpus) if isinstance(corpus, str) else corpus
+    lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
+    sitemap_of(lm).resolve(cfg.sites)
+    lm.check_seq_len(cfg.seq_len)
     batches, policy = prepare_batches(lm, corp, cfg)
     corpus_info = {
-        "spec": corpus if isinstance(corpus, str) else "custom",
+        "spec": corpus if isinstance(corpus, str) else corp.name,
         "hash": corp.hash,
         "domain_mix": corp.domain_mix(),
         "domains": list(corp.domains),
     }
+    if on_plan is not None:
+        on_plan(int(policy["tokens_used"]))
     state = collect(lm, batches, cfg, corpus_info=corpus_info, policy=policy, progress=progress)
     result = finalize(state, lm.tokenizer, domains=list(batches[0].domains))
     result.view = token_channel_view(lm, batches, result, cfg)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from actscope.data.batching import BOS_POLICIES
+from actscope.errors import ActscopeError
 from actscope.stats import StatsOptions
+from actscope.utils import checks
 
 
 @dataclass
@@ -30,6 +33,29 @@ class ProfileConfig:
     massive_abs: float = 100.0
     massive_ratio: float = 1000.0
     view_layer: int | None = None
+
+    def __post_init__(self) -> None:
+        """Check every option's type and range (a sweep file sets them from YAML)."""
+        self.sites = checks.strings(self.sites, "sites")
+        if self.max_tokens is not None:
+            self.max_tokens = checks.integer(self.max_tokens, "max_tokens")
+        self.bos = checks.one_of(self.bos, "bos", BOS_POLICIES)
+        self.seq_len = checks.integer(self.seq_len, "seq_len", 2 if self.bos == "always" else 1)
+        self.batch_size = checks.integer(self.batch_size, "batch_size")
+        self.padding_side = checks.one_of(self.padding_side, "padding_side", ("left", "right"))
+        self.seed = checks.integer(self.seed, "seed", None)
+        self.top_k = checks.integer(self.top_k, "top_k")
+        if not isinstance(self.quantiles, (list, tuple)) or not self.quantiles:
+            raise ActscopeError(f"quantiles must be a list of numbers, got {self.quantiles}")
+        self.quantiles = tuple(
+            checks.number(q, "quantiles", 0.0, 1.0, low_open=True, high_open=True)
+            for q in self.quantiles
+        )
+        self.near_zero_eps = checks.number(self.near_zero_eps, "near_zero_eps", 0.0, low_open=True)
+        self.massive_abs = checks.number(self.massive_abs, "massive_abs", 0.0, low_open=True)
+        self.massive_ratio = checks.number(self.massive_ratio, "massive_ratio", 0.0, low_open=True)
+        if self.view_layer is not None:
+            self.view_layer = checks.integer(self.view_layer, "view_layer", 0)
 
     def stats_options(self) -> StatsOptions:
         return StatsOptions(

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from actscope.analyses.profile.collector import RESIDUAL_KINDS
+from actscope.errors import NonFiniteError
 from actscope.models.tokens import token_texts
 from actscope.runs import library_versions
 from actscope.stats.tables import events_table, results_table
@@ -181,6 +182,11 @@ def _summary(
     )
     resid = layers[layers["kind"] == "resid_post"]
     nonfinite = int(sum(r.get("nonfinite", 0) for r in results.values()))
+    if not best and nonfinite:
+        raise NonFiniteError(
+            f"every activation of {state.model.get('name')} was NaN or Inf ({nonfinite:,} "
+            "non-finite values, no finite one): the weights are corrupt or overflow in this dtype"
+        )
     massive_tok = resid["massive_token_count"].sum() if len(resid) else 0
     massive_lay = resid["massive_layer_count"].sum() if len(resid) else 0
     return {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from actscope.analyses.rundirs import read_json, read_manifest
+from actscope.errors import DataError
 from actscope.runs import RunWriter
 
 
@@ -53,13 +54,13 @@ def write_run(result: Any, out: str | Path) -> Path:
 def read_run(path: str | Path) -> dict[str, Any]:
     """Load a profile run directory: manifest, summary and every table."""
     p = Path(path)
-    if not (p / "manifest.json").exists():
-        from actscope.errors import DataError
-
-        raise DataError(f"{p} is not an actscope run directory (no manifest.json)")
-    return {
-        "path": p,
-        "manifest": json.loads((p / "manifest.json").read_text()),
-        "summary": json.loads((p / "summary.json").read_text()),
-        "tables": {f.stem: pd.read_parquet(f) for f in sorted((p / "tables").glob("*.parquet"))},
-    }
+    manifest = read_manifest(p, "profile")
+    summary = read_json(p / "summary.json", "profile summary")
+    tables = sorted((p / "tables").glob("*.parquet"))
+    if not isinstance(summary, dict) or "sun_criterion" not in summary or not tables:
+        raise DataError(f"{p} is an incomplete profile run (summary.json or tables/ missing)")
+    try:
+        frames = {f.stem: pd.read_parquet(f) for f in tables}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the tables of profile run {p}: {exc}") from exc
+    return {"path": p, "manifest": manifest, "summary": summary, "tables": frames}

@@ -18,6 +18,7 @@ groups no Linear reads), over the kept rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -54,35 +55,50 @@ class Calibration:
     exact: bool
 
 
+def _channel_max(x: Tensor, valid: Tensor | None, prev: Tensor | None) -> Tensor:
+    """Per-channel ``max|x|`` over the valid rows of ``x`` (rows, channels), merged with
+    ``prev``."""
+    xf = x.float()
+    if valid is not None:
+        xf = torch.where(valid[:, None], xf, torch.zeros((), device=xf.device))
+    amax = xf.abs().amax(dim=0)
+    return amax if prev is None else torch.maximum(prev, amax)
+
+
 class Calibrator:
     """``capture.run`` consumer for the calibration pass over the groups' representative sites."""
 
-    def __init__(self, groups: list[SiteGroup], mse_tokens: int = 0) -> None:
+    def __init__(
+        self, groups: list[SiteGroup], mse_tokens: int = 0, scales_only: Sequence[SiteGroup] = ()
+    ) -> None:
+        """``groups`` are calibrated fully; ``scales_only`` groups (those not in ``groups``)
+        only get their consumers' SmoothQuant scales, which the perplexity sweep needs for
+        every Linear even when the sensitivity analysis covers a subset of the sites."""
         self.groups = {g.name: g for g in groups}
+        self.scales_only = {g.name: g for g in scales_only if g.name not in self.groups}
         self.mse_tokens = mse_tokens
         self.stats: dict[str, GroupStats] = {}
+        self.scale_max: dict[str, Tensor] = {}
 
     @property
     def sites(self) -> list[str]:
-        return list(self.groups)
+        return list(self.groups) + list(self.scales_only)
 
     def __call__(self, name: str, value: Tensor, mask: Tensor | None) -> None:
         g = self.groups.get(name)
-        if g is None:  # a site another consumer of the same pass asked for
-            return
         d = value.shape[-1]
         x = value.reshape(-1, d)
         valid = None if mask is None else mask.reshape(-1)
+        if g is None:  # a scales-only group, or a site another consumer asked for
+            if name in self.scales_only:
+                self.scale_max[name] = _channel_max(x, valid, self.scale_max.get(name))
+            return
         st = self.stats.get(name)
         if st is None:
             st = self.stats[name] = GroupStats(SignedHistogram(x.device))
         st.hist.add(x, valid)
         if g.consumers:
-            xf = x.float()
-            if valid is not None:
-                xf = torch.where(valid[:, None], xf, torch.zeros((), device=xf.device))
-            amax = xf.abs().amax(dim=0)
-            st.chan_max = amax if st.chan_max is None else torch.maximum(st.chan_max, amax)
+            st.chan_max = _channel_max(x, valid, st.chan_max)
         need = self.mse_tokens - st.stashed_rows
         if need > 0:
             xs = x[:need].detach().clone()
@@ -114,6 +130,9 @@ class Calibrator:
                 for c in g.consumers:
                     act_scales[c.module] = st.chan_max.float().cpu()
             st.stash.clear()
+        for name, amax in self.scale_max.items():
+            for c in self.scales_only[name].consumers:
+                act_scales[c.module] = amax.float().cpu()
         return Calibration(ranges, ratios, act_scales, abs_max, exact)
 
     def _search(self, g: SiteGroup, st: GroupStats, spec: QuantSpec, base: Range | None) -> float:

@@ -146,7 +146,10 @@ def run_covary(
     from actscope.runs import RunWriter
 
     sens, stats = [], []
+    from actscope.analyses.rundirs import read_manifest
+
     for r in runs:
+        read_manifest(r, "quant")
         tables = Path(r) / "tables"
         if not (tables / "sensitivity.parquet").exists():
             raise DataError(f"{r} is not a quant run directory (no tables/sensitivity.parquet)")

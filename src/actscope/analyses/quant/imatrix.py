@@ -141,6 +141,7 @@ def collect_imatrix(
     from actscope.data import default_pad_id, load_corpus, make_batches, tokenize_corpus
 
     corp = load_corpus(corpus) if isinstance(corpus, str) else corpus
+    lm.check_seq_len(seq_len)
     tok = tokenize_corpus(corp, lm.tokenizer, seq_len=seq_len, max_tokens=tokens, seed=seed)
     batches = list(make_batches(tok, batch_size, "right", default_pad_id(lm.tokenizer)))
     pats = ["linear_in", "final_norm"] if include_head else ["linear_in"]

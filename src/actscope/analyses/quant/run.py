@@ -38,6 +38,7 @@ from actscope.analyses.quant.sensitivity import SensitivityMeter
 from actscope.capture.hooks import StopForward
 from actscope.capture.runner import run
 from actscope.data import (
+    BOS_POLICIES,
     Batch,
     Corpus,
     default_pad_id,
@@ -51,6 +52,7 @@ from actscope.exports.imatrix import ImatrixEntry
 from actscope.interventions.quant.apply import get_scheme
 from actscope.interventions.quant.smooth import SmoothingError, folds
 from actscope.interventions.quant.spec import GRIDS, QuantSpec, parse_specs
+from actscope.utils import checks
 
 
 class Progress(Protocol):
@@ -92,6 +94,20 @@ class QuantConfig:
     sensitivity: bool = True
     e2e: bool = True
     imatrix: bool = True
+
+    def __post_init__(self) -> None:
+        """Check sizes, fractions and the BOS policy (names are checked by :meth:`validate`)."""
+        self.sites = checks.strings(self.sites, "sites")
+        for name in ("calib_tokens", "eval_tokens", "mse_tokens", "seq_len", "batch_size"):
+            checks.integer(getattr(self, name), name)
+        for name in ("ppl_tokens", "sens_tokens", "out_tokens"):
+            if getattr(self, name) is not None:
+                checks.integer(getattr(self, name), name)
+        checks.number(self.split, "split", 0.0, 1.0, low_open=True, high_open=True)
+        checks.one_of(self.bos, "bos", BOS_POLICIES)
+        checks.integer(self.seed, "seed", None)
+        for a in self.alphas:
+            checks.number(a, "SmoothQuant alpha", 0.0, 1.0)
 
     def validate(self) -> None:
         """Raise on a bad quantizer or scheme name before any work is done."""
@@ -178,6 +194,8 @@ def analyze_quant(
     cfg.validate()
     specs = cfg.specs()
     corp = load_corpus(corpus) if isinstance(corpus, str) else corpus
+    expand_patterns(lm, cfg.sites)  # unknown sites fail before any forward pass
+    lm.check_seq_len(cfg.seq_len)
     calib_part, eval_part = corp.split(cfg.split, cfg.seed)
     calib_b, calib_rec = _batches(lm, calib_part, cfg.calib_tokens, cfg)
     eval_b, eval_rec = _batches(lm, eval_part, cfg.eval_tokens, cfg)
@@ -191,7 +209,11 @@ def analyze_quant(
         return None
 
     groups = site_groups(lm, expand_patterns(lm, cfg.sites))
-    calibrator = Calibrator(groups, mse_tokens=cfg.mse_tokens if _needs_mse(specs) else 0)
+    # the perplexity sweep smooths and quantizes every Linear: it needs all their scales
+    every_linear = site_groups(lm, expand_patterns(lm, ["linear_in"])) if cfg.e2e else []
+    calibrator = Calibrator(
+        groups, mse_tokens=cfg.mse_tokens if _needs_mse(specs) else 0, scales_only=every_linear
+    )
     collector = ImatrixCollector(lm, groups) if cfg.imatrix else None
     consumers: list[Any] = [calibrator] + ([collector] if collector else [])
     sites = list(dict.fromkeys(calibrator.sites + (collector.sites if collector else [])))

@@ -55,6 +55,7 @@ def token_batches(
     seed: int = 0,
 ) -> Batches:
     """Tokenize up to ``tokens`` tokens of ``corpus`` (domains balanced) into right-padded batches."""
+    lm.check_seq_len(seq_len)
     tok = tokenize_corpus(corpus, lm.tokenizer, seq_len=seq_len, max_tokens=tokens, seed=seed)
     if tok.n_tokens == 0:
         raise DataError(f"corpus {corpus.name!r} produced no tokens")

@@ -40,8 +40,10 @@ from actscope.data.corpus import Corpus
 from actscope.errors import ActscopeError
 from actscope.interventions.sparsify import Sparsifier
 from actscope.interventions.sparsify_plan import SparsityCalibration
+from actscope.kernels.sparse_gemv import gemv_kernel
 from actscope.models.loading import resolve_dtype
 from actscope.runs import RunWriter
+from actscope.utils import checks
 
 Progress = Callable[[str, int, int], None]
 
@@ -366,6 +368,25 @@ def _as_dtype(lm: Any, dtype: str) -> Any:
     return dataclasses.replace(lm, model=model)
 
 
+def check_bench_options(
+    rule: str,
+    targets: Sequence[float],
+    allocation: str,
+    kernels: Sequence[str],
+    dtypes: Sequence[str],
+    new_tokens: int,
+    repeats: int,
+) -> None:
+    """Refuse bench options that cannot run, before the model is loaded."""
+    check_options([rule], targets, [allocation])
+    for name in kernels:
+        gemv_kernel(name)
+    for dt in dtypes:
+        resolve_dtype(dt, "cpu")
+    checks.integer(new_tokens, "--new-tokens")
+    checks.integer(repeats, "--repeats")
+
+
 def bench_run(
     lm: Any,
     out: str | os.PathLike[str],
@@ -387,6 +408,8 @@ def bench_run(
     progress: Callable[[str], None] | None = None,
 ) -> tuple[SpeedResult | None, list[SpeedResult]]:
     """``sparsity bench``: per-layer GEMV and end-to-end decode, dense vs sparse, same run."""
+    check_bench_options(rule, targets, allocation, kernels, dtypes, new_tokens, repeats)
+    checks.integer(gemv_repeats, "gemv repeats")
     if calibration is not None:
         calibration.check_model(lm.name, _n_layers(lm), lm.file_hash)
     args = {

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from actscope.data.loaders import read_text
 from actscope.errors import DataError, suggest
 
 _PACKAGE = "actscope.datasets.explain"
@@ -45,7 +46,7 @@ def read_jsonl(name_or_path: str | Path) -> list[dict[str, Any]]:
                 f"unknown dataset '{spec}': not a shipped name ({', '.join(available())}) "
                 f"nor an existing file{suggest(spec, available())}"
             )
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, "dataset file")
         where = str(path)
     rows: list[dict[str, Any]] = []
     for i, line in enumerate(text.splitlines(), 1):
