@@ -23,7 +23,7 @@ runs the tests that are skipped without CUDA, and times each capability on SmolL
 * ``sae_train``: skipped with its reason while actscope has no SAE training.
 
 Records go to ``OUT/records.jsonl`` in the format of ``benchmarks/results.jsonl`` (the bench
-scripts' own record functions), each with ``section``, ``status`` (ok, failed, skipped),
+scripts' own record functions), each with ``section``, ``status`` (ok, failed, timeout, skipped),
 ``seconds``, ``weights`` and, on failure, ``error``; tracebacks and progress go to
 ``OUT/log.txt``, pytest's output to ``OUT/pytest.txt``, and the one-screen summary is printed
 and saved as ``OUT/summary.txt``. Every section runs in its own ``try`` with its own time
@@ -47,9 +47,18 @@ one call of the ``run`` tool from the repository root::
     run(command="PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT --budget-s 470",
         carry=[".whl"], timeout_s=540)
 
-A rerun of some sections with what is left of the lease: ``--sections profile,steer
---budget-s 200``. ``--dry-run`` runs every section on the CPU with ``tiny:llama`` and tiny
-sizes in seconds (``tests/benchmarks/test_gpu_check.py`` runs it in CI).
+It takes ~1-2 minutes to start the machine plus the budget, so ~10 of the lease's 15 minutes.
+The reply ends with the summary table; ``records.jsonl``, ``summary.txt``, ``log.txt`` and
+``pytest.txt`` come back under the call's ``files_at``. To rerun failed sections, call again
+within the 30 s the machine stays warm (a fresh start costs minutes), with
+``--sections NAME,... --budget-s 150`` and ``timeout_s=200``; otherwise ``give_back``.
+It runs under the machine's own python3 (3.12, torch 2.11+cu130 and transformers 5.17 when
+last read there; the dry run passes here with transformers 5.17 too): a CUDA build of torch
+2.13 is ~1 GB, far over what a call carries.
+
+``--dry-run`` runs every section on the CPU with ``tiny:llama`` and tiny sizes (under a minute
+on an idle 2-core machine once numba's cache is warm; ``tests/benchmarks/test_gpu_check.py``
+runs it in CI).
 """
 
 from __future__ import annotations
@@ -78,6 +87,7 @@ import tarfile  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import traceback  # noqa: E402
+import warnings  # noqa: E402
 import xml.etree.ElementTree as ET  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -306,9 +316,14 @@ def section_env(ck: Check) -> None:
     os.environ.setdefault("ACTSCOPE_CACHE", str(ck.work / "cache"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)  # as the test suite does
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     import torch
     import transformers
+
+    transformers.utils.logging.disable_progress_bar()
 
     cuda = torch.cuda.is_available() and not ck.dry
     ck.device = "cuda" if cuda else "cpu"
@@ -381,16 +396,39 @@ def random_init(config_dir: Path, dest: Path, device: str) -> None:
     free_memory()
 
 
+def pack_models(dest: Path, names: tuple[str, ...] = MODELS) -> None:
+    """Write ``dest`` (``.tar.xz``): per embedded model, ``NAME/config.json`` and its tokenizer
+    files, read from the GGUF's metadata without its weights (``gpu_prepare.sh`` runs this)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from actscope.models.embedded import embedded_gguf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            gguf = embedded_gguf(name)
+            AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(
+                Path(tmp) / name
+            )
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            tok.save_pretrained(Path(tmp) / name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(dest, "w:xz") as tar:
+            for name in names:
+                tar.add(Path(tmp) / name, arcname=name)
+
+
 def section_models(ck: Check) -> None:
     """Decide each slot's weights (real, random-init, tiny) and load it once in bf16."""
     slots = ck.args.models or (["tiny:llama"] if ck.dry else list(MODELS))
+    pick = ck.args.weights
     for slot in slots:
         t0 = time.monotonic()
+        config = ck.work / "models" / slot / "config.json"
         if slot.startswith("tiny:") or Path(slot).exists():
             ck.slots[slot] = Loaded(slot, slot, "tiny" if slot.startswith("tiny:") else "given")
-        elif slot in MODELS and _embedded_installed(slot):
+        elif pick == "auto" and slot in MODELS and _embedded_installed(slot):
             ck.slots[slot] = Loaded(slot, slot, "real")
-        elif (ck.work / "models" / slot / "config.json").exists():
+        elif pick in ("auto", "random") and config.exists():
             dest = ck.work / "random" / slot
             random_init(ck.work / "models" / slot, dest, ck.device)
             ck.slots[slot] = Loaded(slot, str(dest), "random-init")
@@ -845,6 +883,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sections", default="", help="comma-separated subset (env, models always)")
     ap.add_argument("--models", nargs="*", default=None, help="model slots (default: both)")
     ap.add_argument("--device", default="auto", help="auto (cuda when visible), cpu, cuda:1 ...")
+    ap.add_argument(
+        "--weights",
+        choices=("auto", "random", "tiny"),
+        default="auto",
+        help="auto: real if installed, else random-init from a carried config, else tiny",
+    )
+    ap.add_argument("--pack-models", type=Path, help="write the carried model configs and exit")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny:llama, tiny sizes")
     ap.add_argument("--verbose", action="store_true", help="progress lines on stdout too")
     return ap.parse_args(argv)
@@ -853,6 +898,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen sections; 0 when no section failed, 1 otherwise."""
     args = parse_args(argv)
+    if args.pack_models:
+        pack_models(args.pack_models)
+        return 0
     names = list(SECTIONS)
     if args.sections:
         wanted = {s.strip() for s in args.sections.split(",") if s.strip()}
