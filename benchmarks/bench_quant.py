@@ -154,9 +154,7 @@ def main() -> None:
     args = ap.parse_args()
 
     lm = load_model(args.model, device="cpu")
-    cal_b, eval_b = quant_batches(
-        lm, args.tokens, args.calib_tokens, args.seq_len, args.batch_size
-    )
+    cal_b, eval_b = quant_batches(lm, args.tokens, args.calib_tokens, args.seq_len, args.batch_size)
     result = measure(
         lm, cal_b, eval_b, model=args.model, asym=args.asym, out_tokens=args.out_tokens
     )

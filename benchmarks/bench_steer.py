@@ -47,7 +47,9 @@ def bench_generation(lm: Any, prompts: list[str], new_tokens: int, repeats: int)
     layer = lm.model.config.num_hidden_layers // 2
     g = torch.Generator().manual_seed(0)
     vec = SteeringVector({layer: torch.randn(hidden, generator=g)})
-    cond = Condition(torch.randn(hidden, generator=g), f"resid_post.{max(layer - 2, 0)}", -1.0, ">", "cos")
+    cond = Condition(
+        torch.randn(hidden, generator=g), f"resid_post.{max(layer - 2, 0)}", -1.0, ">", "cos"
+    )
     configs: dict[str, Steering | None] = {
         "plain": None,
         "steered": Steering(lm, vec, coef=2.0),

@@ -225,6 +225,28 @@ class Check:
         self.records.append(full)
         self.log(f"record {self.section}: {json.dumps(full, default=str)[:400]}")
 
+    def for_models(self, bench: str, fn: Callable[[Check, str, float], None]) -> None:
+        """``fn(check, slot, t0)`` for every model slot, each in its own ``try`` and with an
+        equal share of the section's time left: a failing or slow model is recorded as a
+        ``bench`` record (failed / timeout) and the next one still runs."""
+        slots = list(self.slots)
+        for i, slot in enumerate(slots):
+            t0 = time.monotonic()
+            share = self.left() / (len(slots) - i)
+            try:
+                with alarm(share):
+                    fn(self, slot, share)
+            except (Exception, SectionTimeout) as exc:
+                self.fail(bench, exc, t0, slot)
+            finally:
+                free_memory()
+
+    def fail(self, bench: str, exc: BaseException, t0: float, slot: str | None = None) -> None:
+        """Log the traceback and record ``bench`` as failed (or timed out) with its error."""
+        self.log(traceback.format_exc())
+        status = "timeout" if isinstance(exc, SectionTimeout) else "failed"
+        self.add({"bench": bench, "status": status, "error": error_text(exc)}, slot=slot, t0=t0)
+
     # -- models -----------------------------------------------------------------------------
     def model(self, slot: str, dtype: str = "bf16") -> Any:
         """The model of ``slot`` on the run's device in ``dtype`` (loaded once)."""
@@ -267,7 +289,9 @@ def is_oom(exc: BaseException) -> bool:
 
 @contextlib.contextmanager
 def alarm(seconds: float) -> Iterator[None]:
-    """Raise :class:`SectionTimeout` in the main thread after ``seconds`` (no-op elsewhere)."""
+    """Raise :class:`SectionTimeout` in the main thread after ``seconds`` (no-op elsewhere).
+
+    Nests: an inner alarm never outlives the enclosing one, which is re-armed on exit."""
     if threading.current_thread() is not threading.main_thread() or seconds <= 0:
         yield
         return
@@ -276,12 +300,16 @@ def alarm(seconds: float) -> Iterator[None]:
         raise SectionTimeout(f"section budget of {seconds:.0f} s spent")
 
     old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer, _ = signal.getitimer(signal.ITIMER_REAL)  # an enclosing alarm's time left (0: none)
+    start = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, outer) if outer > 0 else seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        if outer > 0:  # re-arm the enclosing alarm with what it has left
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3))
 
 
 def error_text(exc: BaseException) -> str:
@@ -386,7 +414,10 @@ def random_init(config_dir: Path, dest: Path, device: str) -> None:
 
     config = AutoConfig.from_pretrained(config_dir)
     torch.manual_seed(0)
-    with torch.device(device):
+    try:
+        with torch.device(device):  # initialising on the GPU is much faster
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    except Exception:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(dest)
     for f in config_dir.iterdir():
@@ -424,25 +455,25 @@ def section_models(ck: Check) -> None:
     for slot in slots:
         t0 = time.monotonic()
         config = ck.work / "models" / slot / "config.json"
-        if slot.startswith("tiny:") or Path(slot).exists():
-            ck.slots[slot] = Loaded(slot, slot, "tiny" if slot.startswith("tiny:") else "given")
-        elif pick == "auto" and slot in MODELS and _embedded_installed(slot):
-            ck.slots[slot] = Loaded(slot, slot, "real")
-        elif pick in ("auto", "random") and config.exists():
-            dest = ck.work / "random" / slot
-            random_init(ck.work / "models" / slot, dest, ck.device)
-            ck.slots[slot] = Loaded(slot, str(dest), "random-init")
-        else:
-            ck.slots[slot] = Loaded(
-                slot, TINY.get(slot, "tiny:llama"), "tiny", "no weights or config carried"
-            )
-        loaded = ck.slots[slot]
         try:
+            if slot.startswith("tiny:") or Path(slot).exists():
+                kind = "tiny" if slot.startswith("tiny:") else "given"
+                ck.slots[slot] = Loaded(slot, slot, kind)
+            elif pick == "auto" and slot in MODELS and _embedded_installed(slot):
+                ck.slots[slot] = Loaded(slot, slot, "real")
+            elif pick in ("auto", "random") and config.exists():
+                dest = ck.work / "random" / slot
+                random_init(config.parent, dest, ck.device)
+                ck.slots[slot] = Loaded(slot, str(dest), "random-init")
+            else:
+                tiny = TINY.get(slot, "tiny:llama")
+                ck.slots[slot] = Loaded(slot, tiny, "tiny", "no weights or config carried")
             lm = ck.model(slot)
         except Exception as exc:  # a slot that cannot load falls back to its tiny family
-            if loaded.weights == "tiny":
+            if ck.slots.get(slot, Loaded(slot, "", "")).weights == "tiny":
                 raise
-            ck.log(f"{slot}: {loaded.spec} did not load ({error_text(exc)}); tiny fallback")
+            ck.log(traceback.format_exc())
+            ck.log(f"{slot}: did not load ({error_text(exc)}); tiny fallback")
             ck.slots[slot] = Loaded(slot, TINY.get(slot, "tiny:llama"), "tiny", error_text(exc))
             lm = ck.model(slot)
         n_params = sum(p.numel() for p in lm.model.parameters())
@@ -583,55 +614,41 @@ def largest_batch(
 
 
 def section_profile(ck: Check) -> None:
+    ck.for_models("profile", _profile_one)
+
+
+def _profile_one(ck: Check, slot: str, share: float) -> None:
+    """8 x 256 (with the naive baseline), then the largest batch that fits (without)."""
     from bench_profile import measure, profile_batches, regroup
 
     sz = ck.sizes
-    slots = list(ck.slots)
-    for i, slot in enumerate(slots):
-        share = ck.left() / (len(slots) - i)
-        t_slot = time.monotonic() + share
-        t0 = time.monotonic()
-        lm = ck.model(slot)
-        batches, cfg = profile_batches(lm, sz.profile_tokens, sz.batch, sz.seq_len)
-        if len(batches) < 2:
-            raise RuntimeError(f"only {len(batches)} full {sz.batch}x{sz.seq_len} batches")
-        _timed_collect(lm, batches[:1], cfg)  # warm-up (first numba / kernel compilation)
-        t1 = _timed_collect(lm, batches[:1], cfg)
-        # 8 x 256: repeats x (plain + profile) + warm-up + one naive batch, in 40 % of the share
-        n = int(0.4 * share / (t1 * (1.6 * sz.profile_repeats + 4)))
-        n = max(2, min(n, len(batches), sz.profile_max_batches))
-        rec = measure(
-            lm, batches[:n], cfg, model=slot, repeats=sz.profile_repeats, naive_batches=1
-        )
-        rec |= _target(rec)
+    t_slot = time.monotonic() + share
+    t0 = time.monotonic()
+    lm = ck.model(slot)
+    batches, cfg = profile_batches(lm, sz.profile_tokens, sz.batch, sz.seq_len)
+    if len(batches) < 2:
+        raise RuntimeError(f"only {len(batches)} full {sz.batch}x{sz.seq_len} batches")
+    _timed_collect(lm, batches[:1], cfg)  # warm-up (first numba / kernel compilation)
+    t1 = _timed_collect(lm, batches[:1], cfg)
+    # 8 x 256: repeats x (plain + profile) + warm-up + one naive batch, in 40 % of the share
+    n = int(0.4 * share / (t1 * (1.6 * sz.profile_repeats + 4)))
+    n = max(2, min(n, len(batches), sz.profile_max_batches))
+    rec = measure(lm, batches[:n], cfg, model=slot, repeats=sz.profile_repeats, naive_batches=1)
+    ck.add(rec | _target(rec), slot=slot, t0=t0)
+    t0 = time.monotonic()
+    bs, t_bs, probe = largest_batch(ck, lm, batches, cfg, 0.3 * (t_slot - t0))
+    if not bs:
+        reason = "no batch above the comparison batch fits"
+        rec = {"bench": "profile", "status": "skipped", "batch_probe": probe, "reason": reason}
         ck.add(rec, slot=slot, t0=t0)
-        t0 = time.monotonic()
-        try:
-            bs, t_bs, probe = largest_batch(ck, lm, batches, cfg, 0.3 * (t_slot - t0))
-            if not bs:
-                ck.add(
-                    {"bench": "profile", "status": "skipped", "batch_probe": probe,
-                     "reason": "no batch above the comparison batch fits"},
-                    slot=slot, t0=t0,
-                )  # fmt: skip
-                continue
-            left = t_slot - time.monotonic()
-            nb = int(left / (t_bs * (1.6 * sz.profile_repeats + 2.5)))
-            nb = max(1, min(nb, sz.big_max_batches))
-            big = regroup(batches, bs, nb)
-            rec = measure(
-                lm,
-                big,
-                dataclasses.replace(cfg, batch_size=bs),
-                model=slot,
-                repeats=sz.profile_repeats,
-                naive_batches=0,
-            )
-            del big
-            rec |= _target(rec) | {"largest_fitting": True, "batch_probe": probe}
-            ck.add(rec, slot=slot, t0=t0)
-        finally:
-            free_memory()
+        return
+    left = t_slot - time.monotonic()
+    nb = int(left / (t_bs * (1.6 * sz.profile_repeats + 2.5)))
+    big = regroup(batches, bs, max(1, min(nb, sz.big_max_batches)))
+    big_cfg = dataclasses.replace(cfg, batch_size=bs)
+    rec = measure(lm, big, big_cfg, model=slot, repeats=sz.profile_repeats, naive_batches=0)
+    del big
+    ck.add(rec | _target(rec) | {"largest_fitting": True, "batch_probe": probe}, slot=slot, t0=t0)
 
 
 def _target(rec: dict[str, Any]) -> dict[str, Any]:
@@ -643,87 +660,98 @@ def _target(rec: dict[str, Any]) -> dict[str, Any]:
 # steer, quant, sparse decode, patching, SAE
 # ------------------------------------------------------------------------------------------
 def section_steer(ck: Check) -> None:
+    ck.for_models("steer", _steer_one)
+
+
+def _steer_one(ck: Check, slot: str, share: float) -> None:
     from bench_steer import bench_extraction, bench_generation, record
 
     from actscope.interventions.steering import load_prompts
 
-    sz = ck.sizes
-    for slot in ck.slots:
-        t0 = time.monotonic()
-        lm = ck.model(slot)
-        prompts = (load_prompts("prompts-open") * 4)[: sz.steer_prompts]
-        gen = bench_generation(lm, prompts, sz.steer_new_tokens, sz.steer_repeats)
-        ext = bench_extraction(lm, sz.extract_texts)
-        ck.add(record(lm, gen, ext), slot=slot, t0=t0)
+    sz, t0 = ck.sizes, time.monotonic()
+    lm = ck.model(slot)
+    prompts = (load_prompts("prompts-open") * 4)[: sz.steer_prompts]
+    gen = bench_generation(lm, prompts, sz.steer_new_tokens, sz.steer_repeats)
+    ext = bench_extraction(lm, sz.extract_texts)
+    ck.add(record(lm, gen, ext), slot=slot, t0=t0)
 
 
 def section_quant(ck: Check) -> None:
+    ck.for_models("quant_sweep", _quant_one)
+
+
+def _quant_one(ck: Check, slot: str, share: float) -> None:
     from bench_quant import measure, quant_batches, record
 
-    sz = ck.sizes
-    for slot in ck.slots:
-        t0 = time.monotonic()
-        lm = ck.model(slot)
-        cal_b, eval_b = quant_batches(
-            lm, sz.quant_tokens, sz.quant_calib_tokens, sz.seq_len, sz.quant_batch
-        )
-        res = measure(lm, cal_b, eval_b, model=slot, out_tokens=sz.quant_out_tokens)
-        rec = record(res, str(lm.device)) | {
-            "batch": f"{sz.quant_batch}x{sz.seq_len}",
-            "dtype": str(lm.dtype),
-            "calibration_tok_s": res["calibration"].get("tokens_per_s"),
-            "sensitivity_tok_s": res["sensitivity"]["tokens_per_s"],
-        }
-        ck.add(rec, slot=slot, t0=t0)
+    sz, t0 = ck.sizes, time.monotonic()
+    lm = ck.model(slot)
+    cal_b, eval_b = quant_batches(
+        lm, sz.quant_tokens, sz.quant_calib_tokens, sz.seq_len, sz.quant_batch
+    )
+    res = measure(lm, cal_b, eval_b, model=slot, out_tokens=sz.quant_out_tokens)
+    rec = record(res, str(lm.device)) | {
+        "batch": f"{sz.quant_batch}x{sz.seq_len}",
+        "dtype": str(lm.dtype),
+        "calibration_tok_s": res["calibration"].get("tokens_per_s"),
+        "sensitivity_tok_s": res["sensitivity"]["tokens_per_s"],
+    }
+    ck.add(rec, slot=slot, t0=t0)
 
 
 def section_sparse_decode(ck: Check) -> None:
+    ck.for_models("sparse_decode", _sparse_one)
+
+
+def _sparse_one(ck: Check, slot: str, share: float) -> None:
     from bench_sparse_decode import records
 
     from actscope.analyses.sparsity import bench_run
 
-    sz = ck.sizes
-    for slot in ck.slots:
-        t0 = time.monotonic()
-        lm = ck.model(slot)
-        cpu = lm.device.type == "cpu"
-        g, decodes = bench_run(
-            lm,
-            ck.work / "sparse" / slot.replace(":", "_"),
-            None,
-            rule="teal",
-            targets=sz.sparse_targets,
-            mode="topk",
-            kernels=sz.sparse_kernels,
-            dtypes=sz.sparse_dtypes,
-            gemv=cpu,  # the per-layer GEMV benchmark times CPU kernels by design
-            new_tokens=sz.sparse_new_tokens,
-            repeats=sz.sparse_repeats,
-            gemv_repeats=1 if ck.dry else 7,
-            n_threads=1 if cpu else None,
-        )
-        for d in decodes:  # agreement of the sparse path with masked-dense hooks
-            if not d.numerics.empty:
-                ck.log(f"{slot} numerics {d.info['kernel']}: {d.numerics.to_dict('records')}")
-        for rec in records(slot, str(lm.device), g, decodes):
-            ck.add(rec, slot=slot, t0=t0)
+    sz, t0 = ck.sizes, time.monotonic()
+    lm = ck.model(slot)
+    cpu = lm.device.type == "cpu"
+    g, decodes = bench_run(
+        lm,
+        ck.work / "sparse" / slot.replace(":", "_"),
+        None,
+        rule="teal",
+        targets=sz.sparse_targets,
+        mode="topk",
+        kernels=sz.sparse_kernels,
+        dtypes=sz.sparse_dtypes,
+        gemv=cpu,  # the per-layer GEMV benchmark times CPU kernels by design
+        new_tokens=sz.sparse_new_tokens,
+        repeats=sz.sparse_repeats,
+        gemv_repeats=1 if ck.dry else 7,
+        n_threads=1 if cpu else None,
+    )
+    for d in decodes:  # agreement of the sparse path with the masked-dense hooks
+        if not d.numerics.empty:
+            ck.log(f"{slot} numerics {d.info['kernel']}: {d.numerics.to_dict('records')}")
+    for rec in records(slot, str(lm.device), g, decodes):
+        ck.add(rec, slot=slot, t0=t0)
 
 
 def section_patch(ck: Check) -> None:
+    ck.drop_models("bf16")  # patching runs in fp32 (gradients, small differences)
+    ck.for_models("patch", _patch_one)
+
+
+def _patch_one(ck: Check, slot: str, share: float) -> None:
     from actscope.analyses.explain.pairs import PromptPair, load_pairs, tokenize_pairs
     from actscope.analyses.explain.study_patch import make_units, patch_study
     from actscope.errors import DataError
 
-    sz = ck.sizes
-    ck.drop_models("bf16")  # patching runs in fp32 (gradients, small differences)
-    for slot in ck.slots:
-        t0 = time.monotonic()
+    sz, t0 = ck.sizes, time.monotonic()
+    try:
         lm = ck.model(slot, "fp32")
         pairs = load_pairs("ioi", sz.patch_pairs)
         try:
             tps = tokenize_pairs(lm.tokenizer, pairs)
         except DataError:  # a byte tokenizer: " Anna" and " Lucy" share their first token
-            pairs = [PromptPair(p.clean, p.corrupt, p.answer.strip(), p.wrong.strip()) for p in pairs]
+            pairs = [
+                PromptPair(p.clean, p.corrupt, p.answer.strip(), p.wrong.strip()) for p in pairs
+            ]
             tps = tokenize_pairs(lm.tokenizer, pairs)
         units_for = make_units(lm, ["resid_pre"], heads=True)
         n_units = sum(len(units_for(tp)) for tp in tps)
@@ -731,27 +759,28 @@ def section_patch(ck: Check) -> None:
         st = patch_study(lm, tps, units_for, method="both", batch_size=sz.patch_batch)
         sync()
         dt = time.monotonic() - t1
-        rec: dict[str, Any] = {
-            "bench": "patch",
-            "device": str(lm.device),
-            "dtype": str(lm.dtype),
-            "pairs": len(tps),
-            "units": n_units,
-            "batch_size": sz.patch_batch,
-            "method": "both",
-            "study_s": round(dt, 3),
-            "units_per_s": round(2 * n_units / dt, 1),
-            "exact_rows": 0 if st.exact is None else len(st.exact),
-            "atp_rows": 0 if st.atp is None else len(st.atp),
-        }
-        agree = st.tables.get("agreement")
-        if agree is not None and len(agree):
-            top = agree[(agree["kind"] == "all") & (agree["level"] == "mean")]
-            if len(top):
-                rho = float(top["spearman"].iloc[0])
-                rec["atp_spearman"] = None if math.isnan(rho) else round(rho, 3)
-        ck.add(rec, slot=slot, t0=t0)
+    finally:
         ck.drop_models("fp32")
+    rec: dict[str, Any] = {
+        "bench": "patch",
+        "device": str(lm.device),
+        "dtype": str(lm.dtype),
+        "pairs": len(tps),
+        "units": n_units,
+        "batch_size": sz.patch_batch,
+        "method": "both",
+        "study_s": round(dt, 3),
+        "units_per_s": round(2 * n_units / dt, 1),
+        "exact_rows": 0 if st.exact is None else len(st.exact),
+        "atp_rows": 0 if st.atp is None else len(st.atp),
+    }
+    agree = st.tables.get("agreement")
+    if agree is not None and len(agree):
+        top = agree[(agree["kind"] == "all") & (agree["level"] == "mean")]
+        if len(top):
+            rho = float(top["spearman"].iloc[0])
+            rec["atp_spearman"] = None if math.isnan(rho) else round(rho, 3)
+    ck.add(rec, slot=slot, t0=t0)
 
 
 def section_sae_train(ck: Check) -> None:
@@ -808,9 +837,7 @@ def run_sections(ck: Check, names: list[str]) -> None:
             with alarm(0 if name in REQUIRED else budget):  # setup is never cut short
                 fn(ck)
         except (Exception, SectionTimeout) as exc:
-            ck.log(traceback.format_exc())
-            status = "timeout" if isinstance(exc, SectionTimeout) else "failed"
-            ck.add({"bench": name, "status": status, "error": error_text(exc)}, t0=t0)
+            ck.fail(name, exc, t0)
         finally:
             free_memory()
         if len(ck.records) == n_before:

@@ -44,9 +44,7 @@ def _reference_fields() -> dict[str, set[str]]:
 def test_dry_run_records_every_section_and_prints_the_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    t0 = time.monotonic()
     rc = gc_mod.main(["--dry-run", "--out", str(tmp_path)])
-    took = time.monotonic() - t0
     recs = _records(tmp_path)
     failed = [r for r in recs if r["status"] not in ("ok", "skipped")]
     assert rc == 0 and not failed, failed
@@ -85,7 +83,6 @@ def test_dry_run_records_every_section_and_prints_the_summary(
     for name in gc_mod.SECTIONS:
         assert name in printed
     assert (tmp_path / "summary.txt").read_text().count("profile") == 2
-    assert took < 300
 
 
 def test_a_failing_section_is_recorded_and_the_others_still_run(
@@ -128,3 +125,32 @@ def test_alarm_stops_a_section_that_outlives_its_budget() -> None:
     with gc_mod.alarm(5):  # a section that ends in time is left alone, the alarm cleared
         pass
     time.sleep(0.01)
+
+
+def test_a_failing_or_slow_model_does_not_stop_the_next_one(tmp_path: Path) -> None:
+    ck = gc_mod.Check(gc_mod.parse_args(["--dry-run", "--out", str(tmp_path)]), time.monotonic())
+    ck.slots = {s: gc_mod.Loaded(s, s, "tiny") for s in ("a", "b", "c")}
+    ck.section, ck.section_end = "demo", time.monotonic() + 3.0
+
+    def one(check: Any, slot: str, share: float) -> None:
+        if slot == "a":
+            raise RuntimeError("model a broke")
+        if slot == "b":
+            time.sleep(10)  # its share is ~1 s
+        check.add({"bench": "demo", "share": share}, slot=slot)
+
+    ck.for_models("demo", one)
+    ck.log_fh.close()
+    got = {r["model"]: r for r in ck.records}
+    assert got["a"]["status"] == "failed" and got["a"]["error"] == "RuntimeError: model a broke"
+    assert got["b"]["status"] == "timeout"
+    assert got["c"]["status"] == "ok" and 0 < got["c"]["share"] <= 3.0
+
+
+def test_an_inner_alarm_rearms_the_enclosing_one() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(gc_mod.SectionTimeout), gc_mod.alarm(0.5):
+        with gc_mod.alarm(5):  # never outlives the outer alarm
+            pass
+        time.sleep(5)  # the outer alarm, re-armed, still fires
+    assert time.monotonic() - t0 < 2
