@@ -195,6 +195,7 @@ class Check:
         self.section = ""
         self.section_end = self.deadline
         self.log_fh = (self.out / "log.txt").open("w")
+        self.records_fh = (self.out / "records.jsonl").open("w")
 
     # -- time -------------------------------------------------------------------------------
     def left(self) -> float:
@@ -223,7 +224,10 @@ class Check:
         if t0 is not None:
             full["seconds"] = round(time.monotonic() - t0, 2)
         self.records.append(full)
-        self.log(f"record {self.section}: {json.dumps(full, default=str)[:400]}")
+        line = json.dumps(full, default=str)
+        self.records_fh.write(line + "\n")  # written as it comes: a killed run keeps its records
+        self.records_fh.flush()
+        self.log(f"record {self.section}: {line[:400]}")
 
     def for_models(self, bench: str, fn: Callable[[Check, str, float], None]) -> None:
         """``fn(check, slot, t0)`` for every model slot, each in its own ``try`` and with an
@@ -321,26 +325,11 @@ def error_text(exc: BaseException) -> str:
 # env: setup on the device machine
 # ------------------------------------------------------------------------------------------
 def section_env(ck: Check) -> None:
-    """Install carried wheels, unpack carried model configs, record the environment."""
+    """Pick the device, install carried wheels, unpack carried model configs, record versions.
+
+    The device is chosen first and a failed install or unpacking is recorded without stopping
+    the section: what follows can still run on what the machine has."""
     t0 = time.monotonic()
-    wheels = sorted(CARRY.glob("*.whl")) if CARRY.is_dir() else []
-    installed: list[str] = []
-    if wheels and not ck.dry:
-        site = ck.work / "site"
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
-        cmd += ["--no-compile", "--no-cache-dir", "--upgrade", "--target", str(site)]
-        subprocess.run([*cmd, *map(str, wheels)], check=True, timeout=max(ck.left(), 1))
-        sys.path.insert(0, str(site))
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            [str(site), str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
-        )
-        installed = [w.name for w in wheels]
-    archive = CARRY / MODELS_ARCHIVE
-    unpacked: list[str] = []
-    if archive.exists():
-        with tarfile.open(archive, "r:xz") as tar:
-            tar.extractall(ck.work / "models", filter="data")
-        unpacked = sorted(p.parent.name for p in (ck.work / "models").glob("*/config.json"))
     os.environ.setdefault("ACTSCOPE_CACHE", str(ck.work / "cache"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -349,14 +338,39 @@ def section_env(ck: Check) -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     import torch
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
 
     cuda = torch.cuda.is_available() and not ck.dry
     ck.device = "cuda" if cuda else "cpu"
     if ck.args.device != "auto" and not ck.dry:
         ck.device = ck.args.device
+    problems: list[str] = []
+    wheels = sorted(CARRY.glob("*.whl")) if CARRY.is_dir() else []
+    installed: list[str] = []
+    if wheels and not ck.dry:
+        site = ck.work / "site"
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
+        cmd += ["--no-compile", "--no-cache-dir", "--upgrade", "--target", str(site)]
+        try:
+            subprocess.run([*cmd, *map(str, wheels)], check=True, timeout=120)
+            sys.path.insert(0, str(site))
+            paths = [str(site), str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+            os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+            installed = [w.name for w in wheels]
+        except (OSError, subprocess.SubprocessError) as exc:
+            problems.append(f"wheels not installed: {error_text(exc)}")
+    archive = CARRY / MODELS_ARCHIVE
+    unpacked: list[str] = []
+    if archive.exists():
+        try:
+            with tarfile.open(archive, "r:xz") as tar:
+                tar.extractall(ck.work / "models", filter="data")
+        except (OSError, tarfile.TarError) as exc:
+            problems.append(f"{MODELS_ARCHIVE} not unpacked: {error_text(exc)}")
+        unpacked = sorted(p.parent.name for p in (ck.work / "models").glob("*/config.json"))
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     rec: dict[str, Any] = {
         "bench": "gpu_env",
         "device": ck.device,
@@ -382,6 +396,8 @@ def section_env(ck: Check) -> None:
         }
     elif not ck.dry:
         rec["note"] = "no CUDA device visible: every section runs on the CPU"
+    if problems:
+        rec |= {"status": "failed", "error": "; ".join(problems)}
     ck.add(rec, t0=t0)
 
 
@@ -467,7 +483,8 @@ def section_models(ck: Check) -> None:
                 ck.slots[slot] = Loaded(slot, str(dest), "random-init")
             else:
                 tiny = TINY.get(slot, "tiny:llama")
-                ck.slots[slot] = Loaded(slot, tiny, "tiny", "no weights or config carried")
+                why = "--weights tiny" if pick == "tiny" else "no weights or config carried"
+                ck.slots[slot] = Loaded(slot, tiny, "tiny", why)
             lm = ck.model(slot)
         except Exception as exc:  # a slot that cannot load falls back to its tiny family
             if ck.slots.get(slot, Loaded(slot, "", "")).weights == "tiny":
@@ -852,7 +869,8 @@ def headline(rec: dict[str, Any]) -> str:
     if b == "gpu_env":
         return f"{rec.get('gpu') or rec['device']}, torch {rec['torch']}, tf {rec['transformers']}"
     if b == "load":
-        return f"{rec['family']}, {rec['n_parameters'] / 1e6:.1f}M params, {rec['dtype']}"
+        params = f"{rec['n_parameters'] / 1e6:.1f}M params"
+        return f"{rec['weights']} weights: {rec['family']}, {params}, {rec['dtype']}"
     if b == "cuda_tests":
         return f"{rec['passed']} passed, {rec['skipped']} skipped, {rec['failed']} failed"
     if b == "profile":
@@ -940,9 +958,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_sections(ck, names)
     finally:
-        with (ck.out / "records.jsonl").open("w") as fh:
-            for r in ck.records:
-                fh.write(json.dumps(r, default=str) + "\n")
+        ck.records_fh.close()
         text = summary(ck)
         (ck.out / "summary.txt").write_text(text)
         ck.log(f"done in {time.monotonic() - ck.t0:.1f} s")

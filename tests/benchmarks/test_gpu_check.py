@@ -141,6 +141,8 @@ def test_a_failing_or_slow_model_does_not_stop_the_next_one(tmp_path: Path) -> N
 
     ck.for_models("demo", one)
     ck.log_fh.close()
+    ck.records_fh.close()
+    assert len(_records(tmp_path)) == 3  # records.jsonl is written as records come
     got = {r["model"]: r for r in ck.records}
     assert got["a"]["status"] == "failed" and got["a"]["error"] == "RuntimeError: model a broke"
     assert got["b"]["status"] == "timeout"
