@@ -230,13 +230,16 @@ class Check:
         self.log(f"record {self.section}: {line[:400]}")
 
     def for_models(self, bench: str, fn: Callable[[Check, str, float], None]) -> None:
-        """``fn(check, slot, t0)`` for every model slot, each in its own ``try`` and with an
-        equal share of the section's time left: a failing or slow model is recorded as a
-        ``bench`` record (failed / timeout) and the next one still runs."""
+        """``fn(check, slot, share)`` for every model slot, each in its own ``try`` and with an
+        equal ``share`` (seconds) of the section's time left: a failing or slow model is
+        recorded as a ``bench`` record (failed / timeout) and the next one still runs."""
         slots = list(self.slots)
         for i, slot in enumerate(slots):
             t0 = time.monotonic()
             share = self.left() / (len(slots) - i)
+            if share < 1:
+                self.add({"bench": bench, "status": "skipped", "reason": "budget spent"}, slot=slot)
+                continue
             try:
                 with alarm(share):
                     fn(self, slot, share)
@@ -288,7 +291,9 @@ def sync() -> None:
 def is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+    return oom or "out of memory" in text or "alloc_failed" in text
 
 
 @contextlib.contextmanager
