@@ -9,6 +9,7 @@ runs the tests that are skipped without CUDA, and times each capability on SmolL
   carried model configs unpacked, versions and the device recorded;
 * ``models``: each model loaded in bf16 (see *Weights* below);
 * ``cuda_tests``: pytest on every test decorated with a CUDA skip (found by reading tests/);
+* ``sae_train``: skipped with its reason while actscope has no SAE training;
 * ``profile``: ``collect`` with every site and statistic against the plain forward pass
   (``benchmarks/bench_profile.py``) at 8 x 256 and at the largest batch that fits (doubling
   until out of memory or out of time), against the 1.10x target;
@@ -19,8 +20,7 @@ runs the tests that are skipped without CUDA, and times each capability on SmolL
 * ``sparse_decode``: batch-1 greedy decode, dense against the sparse stand-ins (exact top-k
   TEAL at 40 % and 50 %; ``bench_sparse_decode.py``; the per-layer GEMV part is a CPU
   benchmark by design and runs only on the CPU);
-* ``patch``: exact activation patching and attribution patching of the IOI pairs (fp32);
-* ``sae_train``: skipped with its reason while actscope has no SAE training.
+* ``patch``: exact activation patching and attribution patching of the IOI pairs (fp32).
 
 Records go to ``OUT/records.jsonl`` in the format of ``benchmarks/results.jsonl`` (the bench
 scripts' own record functions), each with ``section``, ``status`` (ok, failed, timeout, skipped),
@@ -107,6 +107,7 @@ PROFILE_TARGET = 1.10
 CARRY = ROOT / ".whl"
 MODELS_ARCHIVE = "models.tar.xz"
 SAE_MODULES = ("actscope.sae", "actscope.analyses.sae", "actscope.training.sae")
+GRACE_S = 5.0  # a section's alarm fires this long after its budget (within --margin-s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -544,15 +545,18 @@ def section_cuda_tests(ck: Check) -> None:
     cmd += [f"--junitxml={junit}", *ids]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
+    limit = max(ck.left() - 2, 1)
     with (ck.out / "pytest.txt").open("w") as fh:
-        proc = subprocess.run(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            timeout=max(ck.left() - 2, 1),
-        )
+        try:
+            proc = subprocess.run(
+                cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=limit
+            )
+        except subprocess.TimeoutExpired:
+            error = f"pytest did not finish in {limit:.0f} s (see pytest.txt)"
+            ck.add(
+                {"bench": "cuda_tests", "tests": ids, "status": "timeout", "error": error}, t0=t0
+            )
+            return
     counts = dict.fromkeys(("passed", "failed", "skipped", "errors"), 0)
     failures: list[str] = []
     if junit.exists():
@@ -768,13 +772,15 @@ def _patch_one(ck: Check, slot: str, share: float) -> None:
     try:
         lm = ck.model(slot, "fp32")
         pairs = load_pairs("ioi", sz.patch_pairs)
-        try:
-            tps = tokenize_pairs(lm.tokenizer, pairs)
-        except DataError:  # a byte tokenizer: " Anna" and " Lucy" share their first token
-            pairs = [
-                PromptPair(p.clean, p.corrupt, p.answer.strip(), p.wrong.strip()) for p in pairs
-            ]
-            tps = tokenize_pairs(lm.tokenizer, pairs)
+        tps = []
+        for p in pairs:  # keep the pairs this tokenizer can patch (equal lengths, 1st tokens)
+            stripped = PromptPair(p.clean, p.corrupt, p.answer.strip(), p.wrong.strip())
+            for cand in (p, stripped):  # a byte tokenizer gives " Anna" and " Lucy" one " "
+                with contextlib.suppress(DataError):
+                    tps += tokenize_pairs(lm.tokenizer, [cand])
+                    break
+        if not tps:
+            raise DataError(f"none of {len(pairs)} IOI pairs tokenizes into a patchable pair")
         units_for = make_units(lm, ["resid_pre"], heads=True)
         n_units = sum(len(units_for(tp)) for tp in tps)
         t1 = time.monotonic()
@@ -788,6 +794,7 @@ def _patch_one(ck: Check, slot: str, share: float) -> None:
         "device": str(lm.device),
         "dtype": str(lm.dtype),
         "pairs": len(tps),
+        "pairs_left_out": len(pairs) - len(tps),
         "units": n_units,
         "batch_size": sz.patch_batch,
         "method": "both",
@@ -830,12 +837,12 @@ SECTIONS: dict[str, tuple[Callable[[Check], None], float]] = {
     "env": (section_env, 1.0),
     "models": (section_models, 1.5),
     "cuda_tests": (section_cuda_tests, 1.5),
+    "sae_train": (section_sae_train, 0.1),  # instant: never left without time at the end
     "profile": (section_profile, 6.0),
     "steer": (section_steer, 1.5),
     "quant": (section_quant, 2.0),
     "sparse_decode": (section_sparse_decode, 1.5),
     "patch": (section_patch, 1.0),
-    "sae_train": (section_sae_train, 0.1),
 }
 REQUIRED = ("env", "models")  # every other section needs these two
 
@@ -856,7 +863,9 @@ def run_sections(ck: Check, names: list[str]) -> None:
             continue
         ck.log(f"section {name}: budget {budget:.0f} s")
         try:
-            with alarm(0 if name in REQUIRED else budget):  # setup is never cut short
+            # setup is never cut short; the others' alarm is a backstop a little after their
+            # budget, so that a model's own alarm (for_models) fires first and is recorded
+            with alarm(0 if name in REQUIRED else budget + GRACE_S):
                 fn(ck)
         except (Exception, SectionTimeout) as exc:
             ck.fail(name, exc, t0)

@@ -130,13 +130,13 @@ def test_alarm_stops_a_section_that_outlives_its_budget() -> None:
 def test_a_failing_or_slow_model_does_not_stop_the_next_one(tmp_path: Path) -> None:
     ck = gc_mod.Check(gc_mod.parse_args(["--dry-run", "--out", str(tmp_path)]), time.monotonic())
     ck.slots = {s: gc_mod.Loaded(s, s, "tiny") for s in ("a", "b", "c")}
-    ck.section, ck.section_end = "demo", time.monotonic() + 3.0
+    ck.section, ck.section_end = "demo", time.monotonic() + 6.0  # ~2 s a model
 
     def one(check: Any, slot: str, share: float) -> None:
         if slot == "a":
             raise RuntimeError("model a broke")
         if slot == "b":
-            time.sleep(10)  # its share is ~1 s
+            time.sleep(20)  # over its share
         check.add({"bench": "demo", "share": share}, slot=slot)
 
     ck.for_models("demo", one)
@@ -146,7 +146,7 @@ def test_a_failing_or_slow_model_does_not_stop_the_next_one(tmp_path: Path) -> N
     got = {r["model"]: r for r in ck.records}
     assert got["a"]["status"] == "failed" and got["a"]["error"] == "RuntimeError: model a broke"
     assert got["b"]["status"] == "timeout"
-    assert got["c"]["status"] == "ok" and 0 < got["c"]["share"] <= 3.0
+    assert got["c"]["status"] == "ok" and 1 <= got["c"]["share"] <= 6.0
 
 
 def test_an_inner_alarm_rearms_the_enclosing_one() -> None:
