@@ -44,11 +44,12 @@ def records(
     for d in decodes:
         t = d.table
         dense = t[t.path == "dense"].iloc[0]
+        dtype = d.info["dtype"].replace("bfloat16", "bf16").replace("float32", "fp32")
         for r in t[t.path == "sparse"].itertuples():
             layer = None
             if gemv is not None and not gemv.table.empty:
                 g = gemv.table
-                g = g[(g.dtype == d.info["dtype"]) & (g.kernel == r.kernel)]
+                g = g[(g.dtype == dtype) & (g.kernel == r.kernel)]
                 g = g[(g.sparsity - r.target).abs() < 1e-9]
                 if len(g):
                     layer = round(float(g.dense_us.sum() / g.sparse_us.sum()), 3)
@@ -58,7 +59,7 @@ def records(
                     "model": model,
                     "device": device,
                     "threads": d.info.get("torch_threads"),
-                    "dtype": d.info["dtype"].replace("bfloat16", "bf16").replace("float32", "fp32"),
+                    "dtype": dtype,
                     "kernel": r.kernel,
                     "target": r.target,
                     "weight_sparsity": round(float(r.decode_weight_sparsity), 3),

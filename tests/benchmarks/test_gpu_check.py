@@ -72,6 +72,8 @@ def test_dry_run_records_every_section_and_prints_the_summary(
         ("bag", 0.4),
         ("bag", 0.5),
     }
+    # on the CPU the per-layer GEMV benchmark runs too, and each record carries its speed-up
+    assert all(r["layer_gemv_speedup"] > 0 for r in by_bench["sparse_decode"])
     patch = by_bench["patch"][0]
     assert patch["units"] > 0 and patch["exact_rows"] == patch["atp_rows"] == patch["units"]
     tests = by_bench["cuda_tests"][0]
