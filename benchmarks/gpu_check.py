@@ -194,6 +194,7 @@ class Check:
         self.slots: dict[str, Loaded] = {}
         self._models: dict[tuple[str, str], Any] = {}
         self.device = "cpu"
+        self.gpu: str | None = None  # the device's name, carried by every record after env
         self.section = ""
         self.section_end = self.deadline
         self.log_fh = (self.out / "log.txt").open("w")
@@ -220,6 +221,8 @@ class Check:
             full["weights"] = loaded.weights if loaded else None
             full["model_spec"] = loaded.spec if loaded else None
         full.setdefault("status", "ok")
+        if self.gpu:
+            full.setdefault("gpu", self.gpu)
         full.setdefault("date", time.strftime("%Y-%m-%d"))
         full["section"] = self.section
         full["check"] = "dry-run" if self.dry else "gpu"
@@ -394,6 +397,7 @@ def section_env(ck: Check) -> None:
     }
     if cuda:
         props = torch.cuda.get_device_properties(0)
+        ck.gpu = props.name
         rec |= {
             "gpu": props.name,
             "gpu_count": torch.cuda.device_count(),
