@@ -18,6 +18,7 @@ its time scaled per token.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ import torch
 
 from actscope.analyses.profile import ProfileConfig, collect, prepare_batches
 from actscope.capture import Trace, forward
-from actscope.data import load_corpus
+from actscope.data import Batch, load_corpus
 from actscope.models import load_model
 
 
@@ -70,6 +71,89 @@ def _naive(lm: Any, batches: list[Any], sites: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def profile_batches(
+    lm: Any, tokens: int, batch_size: int, seq_len: int
+) -> tuple[list[Batch], ProfileConfig]:
+    """The default corpus cut as ``profile`` cuts it, keeping only full ``batch x seq_len``
+    batches (same shapes for every timed run), moved to the model's device."""
+    cfg = ProfileConfig(max_tokens=tokens, seq_len=seq_len, batch_size=batch_size)
+    batches, _ = prepare_batches(lm, load_corpus("default"), cfg)
+    full = [b.to(lm.device) for b in batches if b.input_ids.shape == (batch_size, seq_len)]
+    return full, cfg
+
+
+def regroup(batches: list[Batch], batch_size: int, n_batches: int) -> list[Batch]:
+    """``n_batches`` batches of ``batch_size`` rows taken in turn from the rows of ``batches``
+    (all of one width), cycling when there are fewer rows than asked for."""
+    fields = ("input_ids", "attention_mask", "sample_ids", "domain_ids", "chunk_ids")
+    pool = {f: torch.cat([getattr(b, f) for b in batches]) for f in fields}
+    n_rows = pool["input_ids"].shape[0]
+    out = []
+    for j in range(n_batches):
+        rows = torch.arange(j * batch_size, (j + 1) * batch_size, device=pool["input_ids"].device)
+        rows = rows % n_rows
+        out.append(
+            dataclasses.replace(batches[0], **{f: pool[f].index_select(0, rows) for f in fields})
+        )
+    return out
+
+
+def measure(
+    lm: Any,
+    batches: list[Batch],
+    cfg: ProfileConfig,
+    *,
+    model: str,
+    repeats: int = 3,
+    naive_batches: int = 2,
+) -> dict[str, Any]:
+    """Plain forward vs ``collect`` (interleaved ``repeats`` times) and the naive baseline on
+    the same ``batches``; the ``profile`` record of ``benchmarks/results.jsonl``."""
+    n_tok = sum(int(b.attention_mask.sum()) for b in batches)
+    _plain(lm, batches[:1])  # warm-up
+    collect(lm, batches[:1], cfg)
+    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+    plain_runs, prof_runs = [], []
+    for _ in range(repeats):  # interleaved, so that drift in machine load hits both
+        sync()
+        plain_runs.append(_plain(lm, batches))
+        sync()
+        t0 = time.perf_counter()
+        state = collect(lm, batches, cfg)
+        sync()
+        prof_runs.append(time.perf_counter() - t0)
+    t_plain, t_prof = statistics.median(plain_runs), statistics.median(prof_runs)
+    paired = [b / a for a, b in zip(plain_runs, prof_runs, strict=True)]
+    sites = [s.name for s in state.collector.sites]
+    nb = batches[:naive_batches]  # none: the naive baseline is not run (its fields are None)
+    n_naive = sum(int(b.attention_mask.sum()) for b in nb)
+    t_naive = _naive(lm, nb, sites) * n_tok / n_naive if nb else None
+    return {
+        "bench": "profile",
+        "model": model,
+        "device": str(lm.device),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "numba_threads": os.environ.get("NUMBA_NUM_THREADS", "default"),
+        "repeats": repeats,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "dtype": str(lm.dtype),
+        "batch": f"{cfg.batch_size}x{cfg.seq_len}",
+        "tokens": n_tok,
+        "sites": len(sites),
+        "distinct_sites": len(state.collector.stats),
+        "plain_tok_s": round(n_tok / t_plain, 1),
+        "profile_tok_s": round(n_tok / t_prof, 1),
+        "naive_tok_s": round(n_tok / t_naive, 1) if t_naive else None,
+        "profile_over_plain": round(t_prof / t_plain, 3),
+        # each profile run over the plain run just before it (robust to drift in machine load)
+        "paired_ratios": [round(r, 3) for r in paired],
+        "paired_median": round(statistics.median(paired), 3),
+        "naive_over_plain": round(t_naive / t_plain, 2) if t_naive else None,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -86,54 +170,15 @@ def main() -> None:
     args = p.parse_args()
 
     lm = load_model(args.model, dtype=args.dtype, device=args.device)
-    cfg = ProfileConfig(max_tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size)
-    batches, _ = prepare_batches(lm, load_corpus("default"), cfg)
-    batches = [
-        b.to(lm.device) for b in batches if b.input_ids.shape == (args.batch_size, args.seq_len)
-    ]
-    n_tok = sum(int(b.attention_mask.sum()) for b in batches)
-    _plain(lm, batches[:1])  # warm-up
-    collect(lm, batches[:1], cfg)
-    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
-    plain_runs, prof_runs = [], []
-    for _ in range(args.repeats):  # interleaved, so that drift in machine load hits both
-        sync()
-        plain_runs.append(_plain(lm, batches))
-        sync()
-        t0 = time.perf_counter()
-        state = collect(lm, batches, cfg)
-        sync()
-        prof_runs.append(time.perf_counter() - t0)
-    t_plain, t_prof = statistics.median(plain_runs), statistics.median(prof_runs)
-    paired = [b / a for a, b in zip(plain_runs, prof_runs, strict=True)]
-    sites = [s.name for s in state.collector.sites]
-    nb = batches[: args.naive_batches]
-    n_naive = sum(int(b.attention_mask.sum()) for b in nb)
-    t_naive = _naive(lm, nb, sites) * n_tok / n_naive
-    rec = {
-        "bench": "profile",
-        "model": args.model,
-        "device": str(lm.device),
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "numba_threads": os.environ.get("NUMBA_NUM_THREADS", "default"),
-        "repeats": args.repeats,
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "dtype": str(lm.dtype),
-        "batch": f"{args.batch_size}x{args.seq_len}",
-        "tokens": n_tok,
-        "sites": len(sites),
-        "distinct_sites": len(state.collector.stats),
-        "plain_tok_s": round(n_tok / t_plain, 1),
-        "profile_tok_s": round(n_tok / t_prof, 1),
-        "naive_tok_s": round(n_tok / t_naive, 1),
-        "profile_over_plain": round(t_prof / t_plain, 3),
-        # each profile run over the plain run just before it (robust to drift in machine load)
-        "paired_ratios": [round(r, 3) for r in paired],
-        "paired_median": round(statistics.median(paired), 3),
-        "naive_over_plain": round(t_naive / t_plain, 2),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    batches, cfg = profile_batches(lm, args.tokens, args.batch_size, args.seq_len)
+    rec = measure(
+        lm,
+        batches,
+        cfg,
+        model=args.model,
+        repeats=args.repeats,
+        naive_batches=args.naive_batches,
+    )
     print(json.dumps(rec, indent=2))
     if args.json:
         with open(Path(__file__).with_name("results.jsonl"), "a") as fh:

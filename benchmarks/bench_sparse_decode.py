@@ -24,10 +24,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 from actscope.analyses.sparsity import bench_run, load_calibration
+from actscope.analyses.sparsity.timing import SpeedResult
 from actscope.models import load_model
+
+
+def records(
+    model: str, device: str, gemv: SpeedResult | None, decodes: list[SpeedResult]
+) -> list[dict[str, Any]]:
+    """One ``sparse_decode`` record of ``benchmarks/results.jsonl`` per (dtype, kernel,
+    target) of a :func:`bench_run` result: decode tokens/s dense and sparse, the speed-up, its
+    ideal ``1 / (1 - target)`` and Amdahl ``dense_ms / amdahl_ms`` bounds, and the per-layer
+    GEMV speed-up at the same sparsity (None without the GEMV benchmark)."""
+    out = []
+    for d in decodes:
+        t = d.table
+        dense = t[t.path == "dense"].iloc[0]
+        dtype = d.info["dtype"].replace("bfloat16", "bf16").replace("float32", "fp32")
+        for r in t[t.path == "sparse"].itertuples():
+            layer = None
+            if gemv is not None and not gemv.table.empty:
+                g = gemv.table
+                g = g[(g.dtype == dtype) & (g.kernel == r.kernel)]
+                g = g[(g.sparsity - r.target).abs() < 1e-9]
+                if len(g):
+                    layer = round(float(g.dense_us.sum() / g.sparse_us.sum()), 3)
+            out.append(
+                {
+                    "bench": "sparse_decode",
+                    "model": model,
+                    "device": device,
+                    "threads": d.info.get("torch_threads"),
+                    "dtype": dtype,
+                    "kernel": r.kernel,
+                    "target": r.target,
+                    "weight_sparsity": round(float(r.decode_weight_sparsity), 3),
+                    "dense_tok_s": round(float(dense.tokens_per_s), 2),
+                    "sparse_tok_s": round(float(r.tokens_per_s), 2),
+                    "speedup": round(float(r.speedup), 3),
+                    "ideal_speedup": round(1.0 / (1.0 - r.target), 3),
+                    "amdahl_speedup": round(float(dense.ms_per_token / r.amdahl_ms), 3),
+                    "layer_gemv_speedup": layer,
+                    "load_avg_1m": d.info.get("loadavg_1m"),
+                    "date": time.strftime("%Y-%m-%d"),
+                }
+            )
+    return out
 
 
 def main() -> None:

@@ -36,16 +36,20 @@ from actscope.models import load_model
 def _timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # the device's queued work belongs to this call
     return time.perf_counter() - t0
 
 
 def bench_generation(lm: Any, prompts: list[str], new_tokens: int, repeats: int) -> dict[str, Any]:
-    enc = encode_prompts(lm, prompts)
+    enc = encode_prompts(lm, prompts).to(lm.device)
     hidden = lm.model.config.hidden_size
     layer = lm.model.config.num_hidden_layers // 2
     g = torch.Generator().manual_seed(0)
     vec = SteeringVector({layer: torch.randn(hidden, generator=g)})
-    cond = Condition(torch.randn(hidden, generator=g), f"resid_post.{layer - 2}", -1.0, ">", "cos")
+    cond = Condition(
+        torch.randn(hidden, generator=g), f"resid_post.{max(layer - 2, 0)}", -1.0, ">", "cos"
+    )
     configs: dict[str, Steering | None] = {
         "plain": None,
         "steered": Steering(lm, vec, coef=2.0),
@@ -99,6 +103,35 @@ def bench_extraction(lm: Any, n_texts: int) -> dict[str, Any]:
     out["speedup"] = out["batch_16_texts_per_s"] / out["batch_1_texts_per_s"]
     out["n_texts"] = len(texts)
     return out
+
+
+def record(lm: Any, gen: dict[str, Any], extraction: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``steer`` record in the style of ``benchmarks/results.jsonl`` (generation medians,
+    the steered / plain ratios, and the extraction throughput when measured)."""
+    med = gen["median_s"]
+    rec: dict[str, Any] = {
+        "bench": "steer",
+        "model": lm.name,
+        "device": str(lm.device),
+        "threads": torch.get_num_threads(),
+        "dtype": str(lm.dtype),
+        "batch": gen["batch"],
+        "new_tokens": gen["new_tokens"],
+        "prompt_tokens": gen["prompt_tokens"],
+        "repeats": gen["repeats"],
+        "plain_s": round(med["plain"], 4),
+        "steered_s": round(med["steered"], 4),
+        "conditional_s": round(med["steered_conditional"], 4),
+        "steered_over_plain": round(gen["ratio_steered"], 3),
+        "conditional_over_plain": round(gen["ratio_conditional"], 3),
+    }
+    if extraction is not None:
+        rec |= {
+            "extract_texts": extraction["n_texts"],
+            "extract_b1_texts_s": round(extraction["batch_1_texts_per_s"], 1),
+            "extract_b16_texts_s": round(extraction["batch_16_texts_per_s"], 1),
+        }
+    return rec | {"date": time.strftime("%Y-%m-%d")}
 
 
 def main() -> None:

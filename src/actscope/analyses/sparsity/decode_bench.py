@@ -72,21 +72,30 @@ def decode_steps(
 
 
 class _LinearTimer:
-    """Forward pre/post hooks adding up the wall and thread-CPU time spent in some modules."""
+    """Forward pre/post hooks adding up the wall and thread-CPU time spent in some modules.
+
+    On CUDA each hook synchronises first: kernels are queued asynchronously, so without it
+    the wall time would be the launch time only, not the modules' work.
+    """
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
         self.wall = 0.0
         self.cpu = 0.0
         self._t0 = (0.0, 0.0)
+        self._cuda = any(p.is_cuda for m in modules for p in m.parameters())
         self.handles = []
         for m in modules:
             self.handles.append(m.register_forward_pre_hook(self._start))
             self.handles.append(m.register_forward_hook(self._stop))
 
     def _start(self, *args: Any) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
         self._t0 = (time.perf_counter(), time.thread_time())
 
     def _stop(self, *args: Any) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
         self.wall += time.perf_counter() - self._t0[0]
         self.cpu += time.thread_time() - self._t0[1]
 
