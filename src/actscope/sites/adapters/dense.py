@@ -208,17 +208,20 @@ DENSE: list[Adapter] = [
         notes="embed is after word_embeddings_layernorm (what enters layer 0)",
     ),
     Adapter(
-        # OPT: fc1/fc2 sit directly in the layer; final_layer_norm is the pre-MLP norm.
+        # OPT: fc1/fc2 sit directly in the layer, and the layer flattens the rows to
+        # (batch*seq, d) before its MLP part; final_layer_norm is the pre-MLP norm.
         families=("opt",),
         layers="model.decoder.layers",
         final_norm="model.decoder.final_layer_norm",
-        layer_sites={
-            **std_sites(mid="final_layer_norm", mlp="fc1", mlp_out=Hook("fc2", "out")),
-            "mlp_gate": Hook("fc1", "out"),
-            "mlp_act": Hook("fc2", "in"),
-        },
+        layer_sites=std_sites(attn="self_attn", gated=False),
         linears={**linears(**_QKVO, o="out_proj"), "up": "fc1", "down": "fc2"},
-        notes="pre-LayerNorm OPT (do_layer_norm_before=True, all sizes but 350m)",
+        parallel_residual=lambda cfg: True,
+        dropped={
+            kind: "OPT flattens the MLP's rows to (batch*seq, d) inside the layer"
+            for kind in ("mlp_in", "mlp_out", "up_in", "up_out", "down_in", "down_out")
+        },
+        notes="pre-LayerNorm OPT (do_layer_norm_before=True, all sizes but 350m); resid_mid "
+        "is derived as resid_pre + attn_out because its only module input is flattened",
     ),
     Adapter(
         families=("gptj",),

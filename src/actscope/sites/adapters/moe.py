@@ -76,6 +76,10 @@ MOE: list[Adapter] = [
             "shared_down": "mlp.shared_experts.down_proj",
         },
         router="mlp.gate",
+        dropped={
+            "kv_b_in": "kv_b_proj is not applied to (batch, seq, d) rows",
+            "kv_b_out": "kv_b_proj is not applied to (batch, seq, d) rows",
+        },
     ),
     Adapter(
         # gpt-oss experts use interleaved gate/up with biases and a clamped SwiGLU: no
