@@ -93,10 +93,21 @@ def check_values(
     tol: float = TOL,
 ) -> list[Check]:
     """The identities of the module docstring on captured values ``r``."""
+    with torch.inference_mode():
+        return _check_values(sm, r, logits, token_shape, tol)
+
+
+def _check_values(
+    sm: SiteMap,
+    r: dict[str, Tensor],
+    logits: Tensor,
+    token_shape: tuple[int, ...],
+    tol: float,
+) -> list[Check]:
     out: list[Check] = []
 
-    def add(site: str, identity: str, lhs: Tensor, rhs: Tensor) -> None:
-        e = error(lhs, rhs)
+    def add(site: str, identity: str, lhs: Tensor | None, rhs: Tensor) -> None:
+        e = float("inf") if lhs is None else error(lhs, rhs)
         out.append(Check(site, identity, e, e <= tol))
 
     sites = {n: sm.get(n) for n in r}
@@ -123,8 +134,7 @@ def check_values(
         if s.kind.endswith("_out") and s.kind not in LAYER_KINDS and s.kind != "expert_out":
             x = r.get(name.replace("_out.", "_in.", 1))
             if x is not None:
-                with torch.inference_mode():
-                    add(name, f"{s.kind} == module({s.kind[:-4]}_in)", sm.module(s)(x), r[name])
+                add(name, f"{s.kind} == module({s.kind[:-4]}_in)", sm.module(s)(x), r[name])
         if s.kind == "router_logits" and f"mlp_in.{s.layer}" in r:
             w = _router_weight(sm.module(s))
             if w is not None:
@@ -143,15 +153,15 @@ def _layer_checks(
     mixer_names = [k for k in MIXER_OUT_KINDS if f"{k}.{i}" in r]
     mixers = [r[f"{k}.{i}"] for k in mixer_names]
     missing_mixer = any(f"{k}.{i}" in sm.dropped for k in MIXER_OUT_KINDS)
-    mixed = None if (pre is None or not mixers or missing_mixer) else pre + sum(mixers)
+    mixed = None if (pre is None or not mixers or missing_mixer) else _sum(pre, *mixers)
     label = " + ".join(["resid_pre", *mixer_names])
     if mid is not None and mixed is not None:
         add(f"resid_mid.{i}", f"resid_mid == {label}", mixed, mid)
     if post is not None and mlp is not None:
         if mid is not None:
-            add(f"mlp_out.{i}", "resid_post == resid_mid + mlp_out", mid + mlp, post)
+            add(f"mlp_out.{i}", "resid_post == resid_mid + mlp_out", _sum(mid, mlp), post)
         elif mixed is not None:
-            add(f"mlp_out.{i}", f"resid_post == {label} + mlp_out", mixed + mlp, post)
+            add(f"mlp_out.{i}", f"resid_post == {label} + mlp_out", _sum(mixed, mlp), post)
     nxt = r.get(f"resid_pre.{i + 1}")
     if post is not None and nxt is not None:
         add(f"resid_post.{i}", "resid_post == next resid_pre", post, nxt)
@@ -160,12 +170,21 @@ def _layer_checks(
     experts = [r[n] for n in r if n.startswith(f"expert_out.{i}.")]
     shared = any(n.startswith("shared_") and n.endswith(f".{i}") for n in sm.names)
     if experts and mlp is not None and not shared:
-        add(f"expert_out.{i}", "sum_e expert_out == mlp_out", sum(experts), mlp)
+        add(f"expert_out.{i}", "sum_e expert_out == mlp_out", _sum(*experts), mlp)
+
+
+def _sum(*ts: Tensor) -> Tensor | None:
+    """Sum of tensors of one shape, or None when the shapes differ (the check then fails)."""
+    if any(t.shape != ts[0].shape for t in ts):
+        return None
+    total = ts[0]
+    for t in ts[1:]:
+        total = total + t
+    return total
 
 
 def _relogit(sm: SiteMap, h: Tensor) -> Tensor:
-    with torch.inference_mode():
-        z = sm.model.get_output_embeddings()(h)
+    z = sm.model.get_output_embeddings()(h)
     a = sm.adapter.logits_scale
     if a is not None:
         z = z * a.factor(sm.config)

@@ -55,8 +55,7 @@ MOE: list[Adapter] = [
     ),
     Adapter(
         # DeepSeek-V3: multi-head latent attention; dense MLPs in the first layers, then MoE
-        # blocks (router mlp.gate, shared experts). Expert sites need config.num_experts,
-        # which DeepSeek names n_routed_experts, so none are offered.
+        # blocks (router mlp.gate, fused routed experts, shared experts).
         families=("deepseek_v3",),
         layers="model.layers",
         final_norm="model.norm",
@@ -76,6 +75,7 @@ MOE: list[Adapter] = [
             "shared_down": "mlp.shared_experts.down_proj",
         },
         router="mlp.gate",
+        experts="mlp.experts",
         dropped={
             "kv_b_in": "kv_b_proj is not applied to (batch, seq, d) rows",
             "kv_b_out": "kv_b_proj is not applied to (batch, seq, d) rows",
