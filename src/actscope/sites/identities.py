@@ -13,7 +13,8 @@ change it) and returns one :class:`Check` per identity:
   unembedding, the family's logits scale and soft-cap;
 * ``mlp_act.l == down_in.l``; every Linear site ``X_out == module(X_in)``;
 * ``router_logits == W mlp_in (+ b)`` for a router with one weight matrix;
-* ``sum_e expert_out.l.e == mlp_out.l`` on MoE blocks without a shared expert.
+* ``sum_e expert_out.l.e (+ the shared expert's output, gated when the block has a
+  ``shared_expert_gate``) == mlp_out.l``.
 
 The error of a check is ``max |lhs - rhs| / max(1, max |rhs|)``; it passes at or below
 ``tol`` (1e-5 by default: float32 summation order differs between the model and the check).
@@ -168,9 +169,25 @@ def _layer_checks(
     if f"mlp_act.{i}" in r and f"down_in.{i}" in r:
         add(f"mlp_act.{i}", "mlp_act == down_in", r[f"mlp_act.{i}"], r[f"down_in.{i}"])
     experts = [r[n] for n in r if n.startswith(f"expert_out.{i}.")]
-    shared = any(n.startswith("shared_") and n.endswith(f".{i}") for n in sm.names)
-    if experts and mlp is not None and not shared:
-        add(f"expert_out.{i}", "sum_e expert_out == mlp_out", _sum(*experts), mlp)
+    if not experts or mlp is None:
+        return
+    total = _sum(*experts)
+    label = "sum_e expert_out"
+    shared = r.get(f"shared_down_out.{i}")
+    if shared is not None and total is not None and sm.adapter.router:
+        block = sm.model.get_submodule(
+            f"{sm.adapter.layers}.{i}.{sm.adapter.router}".rsplit(".", 1)[0]
+        )
+        gate = getattr(block, "shared_expert_gate", None)
+        if isinstance(gate, nn.Linear) and f"mlp_in.{i}" in r:
+            shared = torch.sigmoid(gate(r[f"mlp_in.{i}"])) * shared
+            label += " + sigmoid(shared_expert_gate mlp_in) shared_down_out"
+        else:
+            label += " + shared_down_out"
+        total = _sum(total, shared)
+    elif any(n.startswith("shared_") and n.endswith(f".{i}") for n in sm.names):
+        return  # a shared expert whose output is not offered: the sum cannot be formed
+    add(f"expert_out.{i}", f"{label} == mlp_out", total, mlp)
 
 
 def _sum(*ts: Tensor) -> Tensor | None:

@@ -53,7 +53,7 @@ class Scale:
 
     def describe(self) -> str:
         if self.attr is None:
-            return f"a factor of {self.value:g} measured on the probe"
+            return "a factor measured on the probe"
         return f"{'1 / ' if self.invert else ''}config.{self.attr}"
 
 
