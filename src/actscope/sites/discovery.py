@@ -96,6 +96,12 @@ def discover(model: nn.Module) -> Adapter:
     """Build an :class:`Adapter` for ``model`` by inspecting and probing it (module docstring)."""
     family = str(getattr(model.config, "model_type", type(model).__name__))
     layers_name, layers = _find_layers(model, family)
+    if not any(_mixer_kind(m) for layer in layers for m in layer.modules()):
+        raise UnsupportedFamilyError(
+            f"no adapter for family '{family}': cannot identify a token mixer (attention, SSM, "
+            f"linear attention, convolution) in {layers_name}.0, whose modules are: "
+            f"{', '.join(n for n, _ in layers[0].named_children())}"
+        )
     recs, logits = _probe(model, layers_name)
     head = model.get_output_embeddings()
     head_name = next(n for n, m in model.named_modules() if m is head)

@@ -76,17 +76,15 @@ class SiteMap:
             present = {k: h for k, h in a.layer_sites.items() if _exists(modules, base, h.module)}
             for kind in _LAYER_ORDER:
                 name = f"{kind}.{i}"
-                if self._drop(name, kind):
-                    continue
                 if kind == "router_logits":
-                    if a.router and f"{base}.{a.router}" in modules:
+                    if a.router and f"{base}.{a.router}" in modules and not self._drop(name, kind):
                         self._add(Site(name, kind, i, None, f"{base}.{a.router}", "router"))
                     continue
                 if kind == "resid_mid" and self.parallel:
-                    if f"attn_out.{i}" in self._sites:
+                    if f"attn_out.{i}" in self._sites and not self._drop(name, kind):
                         self._add(Site(name, kind, i, None, base, "derived"))
                     continue
-                if kind not in present:
+                if kind not in present or self._drop(name, kind):
                     continue
                 h = present[kind]
                 if h.scale is not None and h.scale.factor(self.config) != 1.0:
@@ -118,6 +116,9 @@ class SiteMap:
             )
         elif not self._drop("logits", "logits"):
             self._add(Site("logits", "logits", None, None, self.lm_head, "out"))
+        for name, reason in a.dropped.items():  # named sites whose module the table lacks
+            if _NAME.match(name) and "." in name and name not in self._sites:
+                self.dropped.setdefault(name, reason)
 
     def _drop(self, name: str, kind: str) -> bool:
         """True (and the reason recorded) when the adapter declares the site not offered."""
