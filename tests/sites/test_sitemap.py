@@ -32,7 +32,7 @@ def test_every_family_has_the_core_vocabulary(family: str) -> None:
         assert held or any(n.split(".")[0] == kind for n in sm.dropped), f"{family} lacks {kind}"
     for kind in sm.kinds():
         assert describe_kind(kind)
-    if family in ("qwen2_moe", "qwen3_moe", "mixtral", "olmoe", "granitemoe"):
+    if family in ("qwen2_moe", "qwen3_moe", "mixtral", "olmoe", "granitemoe", "qwen3_next"):
         assert "router_logits" in sm.kinds() and "expert_act" in sm.kinds()
     elif family not in ("gpt_oss", "dbrx", "opt"):  # MoE without recomputed experts; OPT
         assert "mlp_gate" in sm.kinds() and "mlp_act" in sm.kinds()

@@ -17,6 +17,7 @@ _POST_NORMED = std_sites(
     mlp_out=Hook("post_feedforward_layernorm", "out"),
 )
 _QKVO = {"q": "q_proj", "k": "k_proj", "v": "v_proj"}
+_UP_DOWN = ("up_in", "up_out", "down_in", "down_out")
 
 DENSE: list[Adapter] = [
     Adapter(
@@ -213,12 +214,18 @@ DENSE: list[Adapter] = [
         families=("opt",),
         layers="model.decoder.layers",
         final_norm="model.decoder.final_layer_norm",
-        layer_sites=std_sites(attn="self_attn", gated=False),
+        layer_sites=std_sites(
+            mid="final_layer_norm",
+            mlp="fc1",
+            mlp_out=Hook("fc2", "out"),
+            gate=Hook("fc1", "out"),
+            act=Hook("fc2", "in"),
+        ),
         linears={**linears(**_QKVO, o="out_proj"), "up": "fc1", "down": "fc2"},
         parallel_residual=lambda cfg: True,
         dropped={
             kind: "OPT flattens the MLP's rows to (batch*seq, d) inside the layer"
-            for kind in ("mlp_in", "mlp_out", "up_in", "up_out", "down_in", "down_out")
+            for kind in (*("mlp_in", "mlp_gate", "mlp_act", "mlp_out"), *_UP_DOWN)
         },
         notes="pre-LayerNorm OPT (do_layer_norm_before=True, all sizes but 350m); resid_mid "
         "is derived as resid_pre + attn_out because its only module input is flattened",
