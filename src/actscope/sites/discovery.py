@@ -304,7 +304,7 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
         (True, False), itertools.product(mid_cands, mlp_cands)
     ):
         mv, cv = value(m_h, flat_ok=False), value(c_h)
-        coefs = None if mv is None or cv is None else _fit(post - mv, [cv], exact)
+        coefs = None if mv is None or cv is None else _fit(mv, post, [cv], exact)
         if coefs is not None:
             mid, mlp_out, mlp_coef = m_h, c_h, coefs[0]
             break
@@ -318,14 +318,14 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
             continue
         if mid is not None:
             mv = value(mid, flat_ok=False)
-            coefs = None if mv is None else _fit(mv - pre, vals, exact)  # type: ignore[arg-type]
+            coefs = None if mv is None else _fit(pre, mv, vals, exact)  # type: ignore[arg-type]
             if coefs is not None:
                 chosen, coefs_mix = list(combo), coefs
                 break
             continue
         for c_h in mlp_cands:
             cv = value(c_h)
-            coefs = None if cv is None else _fit(post - pre, [*vals, cv], exact)  # type: ignore[list-item]
+            coefs = None if cv is None else _fit(pre, post, [*vals, cv], exact)  # type: ignore[list-item]
             if coefs is not None:
                 chosen, coefs_mix, mlp_out, mlp_coef = list(combo), coefs[:-1], c_h, coefs[-1]
                 break
@@ -365,21 +365,29 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
     return res
 
 
-def _fit(target: Tensor, vals: list[Tensor], exact: bool) -> list[float] | None:
-    """Coefficients c with target == sum_j c_j vals_j on the probe, or None.
+def _fit(base: Tensor, target: Tensor, vals: list[Tensor], exact: bool) -> list[float] | None:
+    """Coefficients c with target == base + sum_j c_j vals_j on the probe, or None.
 
-    ``exact``: all c_j = 1 and the sum matches within the identity tolerance. Otherwise one
-    least-squares scalar per branch (a branch scaled outside any module), rounded to 6 digits,
-    accepted when the fit error is at most 1e-4 of the target's scale.
+    ``exact``: all c_j = 1 and the sum matches within the identity tolerance (measured on the
+    sum, not on target - base, whose cancellation would lose precision next to large residual
+    entries). Otherwise one least-squares scalar per branch (a branch scaled outside any
+    module), rounded to 6 digits, accepted when base + sum_j c_j vals_j matches within 1e-4.
     """
     if exact:
-        return [1.0] * len(vals) if _err(sum(vals), target) <= _TOL else None  # type: ignore[arg-type]
+        return [1.0] * len(vals) if _err(_total(base, vals), target) <= _TOL else None
     a = torch.stack([v.double().flatten() for v in vals], dim=1)
-    y = target.double().flatten().unsqueeze(1)
+    y = (target.double() - base.double()).flatten().unsqueeze(1)
     c = torch.linalg.lstsq(a, y).solution
-    if _err((a @ c).reshape(target.shape), target.double()) > 1e-4:
+    if _err(base.double() + (a @ c).reshape(target.shape), target.double()) > 1e-4:
         return None
     return [round(float(x), 6) for x in c.squeeze(1)]
+
+
+def _total(base: Tensor, vals: list[Tensor]) -> Tensor:
+    out = base
+    for v in vals:
+        out = out + v
+    return out
 
 
 def _scaled_reason(h: Hook, coef: float) -> str:
