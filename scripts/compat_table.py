@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import transformers
 
-from actscope.models.tiny import CONFIGS, DISCOVERY_ONLY, build_tiny
+from actscope.models.tiny import CONFIGS, DISCOVERY_ONLY, PARTIAL, build_tiny
 from actscope.sites.adapters import adapter_for
 from actscope.sites.discovery import discover
 from actscope.sites.identities import check_sitemap, failures
@@ -57,7 +57,7 @@ def row(family: str, mapping: str) -> dict[str, Any]:
     checks = check_sitemap(sm)
     seconds = time.perf_counter() - t0
     bad = failures(checks)
-    mixers = [k for k in ("attn_out", "ssm_out", "linattn_out", "conv_out") if k in sm.kinds()]
+    mixers = [k for k in ("attn_in", "ssm_in", "linattn_in", "conv_in") if k in sm.kinds()]
     return {
         "family": family,
         "model_type": str(model.config.model_type),
@@ -66,7 +66,7 @@ def row(family: str, mapping: str) -> dict[str, Any]:
         "passing": len([n for n in sm.names if n not in bad]),
         "checks": len(checks),
         "kinds": len(sm.kinds()),
-        "mixers": ", ".join(k.removesuffix("_out") for k in mixers) or "-",
+        "mixers": ", ".join(k.removesuffix("_in") for k in mixers) or "-",
         "dropped": _group(sm.dropped),
         "failing": _group(bad),
         "seconds": seconds,
@@ -89,14 +89,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("families", nargs="*", default=sorted(CONFIGS))
+    ap.add_argument("families", nargs="*", default=sorted({**CONFIGS, **PARTIAL}))
     ap.add_argument("--out", default="docs/compat.md")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     rows = []
     for fam in args.families:
-        mappings = ["discovery"] if fam in DISCOVERY_ONLY else ["adapter", "discovery"]
+        only = fam in DISCOVERY_ONLY or fam in PARTIAL
+        mappings = ["discovery"] if only else ["adapter", "discovery"]
         for mapping in mappings:
             try:
                 rows.append(row(fam, mapping))

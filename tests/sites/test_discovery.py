@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tests._models import get_model
 
-from actscope.models.tiny import CONFIGS, DISCOVERY_ONLY
+from actscope.models.tiny import CONFIGS, DISCOVERY_ONLY, PARTIAL, build_tiny
 from actscope.sites.adapters import adapter_for
 from actscope.sites.discovery import discover
 from actscope.sites.identities import check_sitemap, failures
@@ -19,7 +19,7 @@ _KNOWN = {
 
 
 def _discovered(family: str) -> SiteMap:
-    model = get_model(f"tiny:{family}").model
+    model = get_model(f"tiny:{family}").model if family in CONFIGS else build_tiny(family)
     return SiteMap(model, discover(model))
 
 
@@ -46,6 +46,29 @@ def test_discovered_family_passes_identities_with_full_residual_chain(family: st
     checked = {c.site for c in checks}
     for i in range(sm.n_layers):
         assert f"resid_mid.{i}" in checked and f"mlp_out.{i}" in checked
+
+
+@pytest.mark.parametrize("family", sorted(PARTIAL))
+def test_partial_family_says_why_each_missing_site_is_missing(family: str) -> None:
+    """No MLP (Mamba), scaled branches and two MLPs side by side (GraniteMoeHybrid), ..."""
+    sm = _discovered(family)
+    checks = check_sitemap(sm)
+    assert failures(checks) == {}
+    checked = {c.site for c in checks}
+    for i in range(sm.n_layers):
+        for kind in ("resid_mid", "mlp_out"):
+            assert f"{kind}.{i}" in checked or f"{kind}.{i}" in sm.dropped, f"{kind}.{i}"
+        mixers = [
+            k for k in ("attn_out", "ssm_out") if f"{k}.{i}" in sm or f"{k}.{i}" in sm.dropped
+        ]
+        assert mixers, f"layer {i} has no mixer site"
+
+
+def test_two_parallel_mlps_and_scaled_mixers() -> None:
+    sm = _discovered("granitemoehybrid")
+    assert "resid_mid.0" in sm and "ssm_out.0" not in sm and "attn_out.1" not in sm
+    assert "0.5 x block_sparse_moe, 0.5 x shared_mlp" in sm.dropped["mlp_out.0"]
+    assert "0.5 x the output of mamba" in sm.dropped["ssm_out.0"]
 
 
 def test_residual_inside_the_module_takes_the_inner_projection() -> None:

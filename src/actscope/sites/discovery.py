@@ -240,7 +240,11 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
     mixers = [r for r in mixers if not _inside(r, [o for o in mixers if o != r])]
     mixers.sort(key=lambda r: rec(r).start)
     norms = [r for r, m in subs.items() if _is_norm(m) and not _inside(r, mixers)]
-    mlp, lin_mlp = _find_mlp(subs, mixers, norms, d, rec)
+    mlps, lin_mlp = _find_mlp(subs, mixers, norms, d, rec)
+    with_experts = [
+        m for m in mlps if any("expert" in type(x).__name__.lower() for x in subs[m].modules())
+    ]
+    mlp = (with_experts or mlps or [None])[0]
     res.sites["resid_pre"] = Hook("", "in")
     res.sites["resid_post"] = Hook("", "out")
     mixer_of_kind: dict[str, str] = {}
@@ -249,11 +253,10 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
     for kind, r in mixer_of_kind.items():
         res.sites[MIXER_KINDS[kind][0]] = Hook(r, "in")
     mixers = list(mixer_of_kind.values())
-    if mlp is not None:
-        res.sites["mlp_in"] = Hook(mlp, "in")
-    elif lin_mlp is not None:
-        res.sites["mlp_in"] = Hook(lin_mlp[0], "in")
-    mlp_start = rec(mlp).start if mlp else (rec(lin_mlp[0]).start if lin_mlp else 1 << 30)
+    first = mlps[0] if mlps else (lin_mlp[0] if lin_mlp else None)
+    if first is not None:
+        res.sites["mlp_in"] = Hook(first, "in")
+    mlp_start = rec(first).start if first else 1 << 30
 
     def branch_candidates(r: str, until: int, inner_of: str | None) -> list[Hook]:
         """Tensors that may be what branch r adds: its output, a norm after it, its last proj."""
@@ -281,12 +284,13 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
             return v.reshape(pre.shape)
         return None
 
-    if mlp is not None:
-        mlp_cands = branch_candidates(mlp, 1 << 30, None)
+    # One candidate tuple per combination of the MLP branches' candidates (several MLP modules
+    # add to the residual side by side in some families, e.g. a MoE block beside a shared MLP).
+    mlp_cands: list[tuple[Hook, ...]] = []
+    if mlps:
+        mlp_cands = list(itertools.product(*[branch_candidates(m, 1 << 30, None) for m in mlps]))
     elif lin_mlp is not None:
-        mlp_cands = [Hook(lin_mlp[1], "out")]
-    else:
-        mlp_cands = []
+        mlp_cands = [(Hook(lin_mlp[1], "out"),)]
     mixer_cands = [
         branch_candidates(
             r, min([rec(o).start for o in mixers if rec(o).start > rec(r).end] + [mlp_start]), None
@@ -295,48 +299,55 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
     ]
     last_mixer_end = max((rec(r).end for r in mixers), default=-1)
     mid_cands = [Hook(n, "in") for n in norms if last_mixer_end < rec(n).start <= mlp_start]
-    if mlp is not None:
-        mid_cands.append(Hook(mlp, "in"))
+    if mlps:
+        mid_cands.append(Hook(mlps[0], "in"))
+
+    def values(hooks: tuple[Hook, ...] | list[Hook]) -> list[Tensor] | None:
+        vals = [value(h) for h in hooks]
+        return None if any(v is None for v in vals) else vals  # type: ignore[return-value]
 
     # Each search tries exact sums first, then a fit with one scalar per branch (scaled branch).
-    mid, mlp_out, mlp_coef = None, None, 1.0
-    for exact, (m_h, c_h) in itertools.product(
+    mid, mlp_out, mlp_coefs = None, None, [1.0]
+    for exact, (m_h, c_t) in itertools.product(
         (True, False), itertools.product(mid_cands, mlp_cands)
     ):
-        mv, cv = value(m_h, flat_ok=False), value(c_h)
-        coefs = None if mv is None or cv is None else _fit(mv, post, [cv], exact)
+        mv, cvals = value(m_h, flat_ok=False), values(c_t)
+        coefs = None if mv is None or cvals is None else _fit(mv, post, cvals, exact)
         if coefs is not None:
-            mid, mlp_out, mlp_coef = m_h, c_h, coefs[0]
-            break
-        if mid is not None:
+            mid, mlp_out, mlp_coefs = m_h, c_t, coefs
             break
     chosen: list[Hook] | None = None
     coefs_mix: list[float] = []
     for exact, combo in itertools.product((True, False), itertools.product(*mixer_cands)):
-        vals = [value(h) for h in combo]
-        if any(v is None for v in vals):
+        vals = values(combo)
+        if vals is None:
             continue
         if mid is not None:
             mv = value(mid, flat_ok=False)
-            coefs = None if mv is None else _fit(pre, mv, vals, exact)  # type: ignore[arg-type]
+            coefs = None if mv is None else _fit(pre, mv, vals, exact)
             if coefs is not None:
                 chosen, coefs_mix = list(combo), coefs
                 break
             continue
-        for c_h in mlp_cands:
-            cv = value(c_h)
-            coefs = None if cv is None else _fit(pre, post, [*vals, cv], exact)  # type: ignore[list-item]
+        for c_t in mlp_cands or [()]:
+            cvals = values(c_t)
+            coefs = None if cvals is None else _fit(pre, post, [*vals, *cvals], exact)
             if coefs is not None:
-                chosen, coefs_mix, mlp_out, mlp_coef = list(combo), coefs[:-1], c_h, coefs[-1]
+                n = len(vals)
+                chosen, coefs_mix = list(combo), coefs[:n]
+                mlp_out, mlp_coefs = (c_t, coefs[n:]) if c_t else (None, [1.0])
                 break
         if chosen:
             break
     if mid is not None:
         res.sites["resid_mid"] = mid
-    if mlp_out is not None and mlp_coef == 1.0:
-        res.sites["mlp_out"] = mlp_out
+    if mlp_out is not None and len(mlp_out) == 1 and mlp_coefs[0] == 1.0:
+        res.sites["mlp_out"] = mlp_out[0]
+    elif mlp_out is not None and len(mlp_out) == 1:
+        res.dropped["mlp_out"] = _scaled_reason(mlp_out[0], mlp_coefs[0])
     elif mlp_out is not None:
-        res.dropped["mlp_out"] = _scaled_reason(mlp_out, mlp_coef)
+        parts = ", ".join(f"{c:g} x {h.module}" for h, c in zip(mlp_out, mlp_coefs, strict=True))
+        res.dropped["mlp_out"] = f"the MLP part is the sum {parts}: no single tensor holds it"
     elif mlp_cands:
         res.dropped["mlp_out"] = "no tensor of the layer equals resid_post - resid_mid"
     for r, h, c in zip(mixers, chosen or [], coefs_mix, strict=False):
@@ -350,10 +361,32 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
             res.dropped[MIXER_KINDS[kinds[r]][1]] = (
                 "no module output, even scaled, is what the mixer adds to the residual"
             )
+    if not mlp_cands and mixers:
+        for kind in ("resid_mid", "mlp_in", "mlp_out"):
+            res.dropped[kind] = "the layer has no MLP: the mixer output goes to resid_post"
+        return _finish(model, res, subs, mixers, kinds, mlp, lin_mlp, d, tokens, rec, recs, base)
     if mid is None and chosen and "attn_out" in res.sites and len(mixers) == 1:
         res.derived_mid = True
     elif mid is None and mixers:
         res.dropped["resid_mid"] = "no module input holds it and it cannot be derived"
+    return _finish(model, res, subs, mixers, kinds, mlp, lin_mlp, d, tokens, rec, recs, base)
+
+
+def _finish(
+    model: nn.Module,
+    res: _Layer,
+    subs: dict[str, nn.Module],
+    mixers: list[str],
+    kinds: dict[str, str],
+    mlp: str | None,
+    lin_mlp: tuple[str, str] | None,
+    d: int,
+    tokens: tuple[int, ...],
+    rec: Any,
+    recs: dict[str, _Rec],
+    base: str,
+) -> _Layer:
+    """Router, Linear names and the MLP's gate/act sites of one layer."""
     _router(res, subs, mlp, rec)
     _name_linears(res, subs, mixers, kinds, mlp, d, tokens, rec)
 
@@ -399,8 +432,9 @@ def _scaled_reason(h: Hook, coef: float) -> str:
 
 def _find_mlp(
     subs: dict[str, nn.Module], mixers: list[str], norms: list[str], d: int, rec: Any
-) -> tuple[str | None, tuple[str, str] | None]:
-    """The MLP module, or (first, last) Linear when the projections sit in the layer (OPT)."""
+) -> tuple[list[str], tuple[str, str] | None]:
+    """The MLP modules (in execution order), or (first, last) Linear when the projections sit
+    in the layer itself (OPT)."""
     cands = []
     for r, m in subs.items():
         if (
@@ -422,14 +456,14 @@ def _find_mlp(
             cands.append(r)
     top = [r for r in cands if not _inside(r, cands)]
     if top:
-        return max(top, key=lambda r: rec(r).end), None
+        return sorted(top, key=lambda r: rec(r).start), None
     lins = [r for r, m in subs.items() if _dims(m) and not _inside(r, mixers) and "." not in r]
     dims = {r: _dims(subs[r]) or (0, 0) for r in lins}
     ups = [r for r in lins if dims[r][0] == d and dims[r][1] != d]
     downs = [r for r in lins if dims[r][1] == d and dims[r][0] != d]
     if ups and downs:
-        return None, (min(ups, key=lambda r: rec(r).start), max(downs, key=lambda r: rec(r).end))
-    return None, None
+        return [], (min(ups, key=lambda r: rec(r).start), max(downs, key=lambda r: rec(r).end))
+    return [], None
 
 
 def _role(table: dict[str, tuple[str, ...]], leaf: str) -> str | None:

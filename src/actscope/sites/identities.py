@@ -163,6 +163,9 @@ def _layer_checks(
             add(f"mlp_out.{i}", "resid_post == resid_mid + mlp_out", _sum(mid, mlp), post)
         elif mixed is not None:
             add(f"mlp_out.{i}", f"resid_post == {label} + mlp_out", _sum(mixed, mlp), post)
+    no_mlp = f"mlp_in.{i}" not in sm and f"mlp_out.{i}" not in sm.dropped
+    if no_mlp and mid is None and mlp is None and post is not None and mixed is not None:
+        add(f"{mixer_names[-1]}.{i}", f"resid_post == {label} (no MLP)", mixed, post)
     nxt = r.get(f"resid_pre.{i + 1}")
     if post is not None and nxt is not None:
         add(f"resid_post.{i}", "resid_post == next resid_pre", post, nxt)
