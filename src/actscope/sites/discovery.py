@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from actscope.errors import UnsupportedFamilyError
 from actscope.sites.adapters.base import Adapter, Hook, Scale
-from actscope.sites.vocabulary import MIXER_KINDS
+from actscope.sites.vocabulary import LAYER_KINDS, MIXER_KINDS
 
 _MIXER_WORDS: list[tuple[str, tuple[str, ...]]] = [
     ("linear_attention", ("deltanet", "linearattention", "lightning", "retention")),
@@ -215,7 +215,7 @@ def _probe(model: nn.Module, layers_name: str) -> tuple[dict[str, _Rec], Tensor]
 
 
 def _err(a: Tensor | None, b: Tensor | None) -> float:
-    from actscope.sites.identities import error
+    from actscope.sites.identities import error  # identities imports the SiteMap, which imports us
 
     if a is None or b is None:
         return float("inf")
@@ -607,9 +607,9 @@ def _router(res: _Layer, subs: dict[str, nn.Module], mlp: str | None, rec: Any) 
         if r == experts or "shared" in r or o is None or o.shape[-1] != n:
             continue
         res.router = r
-        from actscope.sites.identities import _router_weight
+        from actscope.sites.identities import router_weight
 
-        w = _router_weight(m)
+        w = router_weight(m)
         x = rec(mlp).inp
         bad = w is None or x is None
         if w is not None and x is not None:
@@ -691,8 +691,6 @@ def _merge(
 
 
 def _kind_order(kind: str) -> int:
-    from actscope.sites.vocabulary import LAYER_KINDS
-
     order = list(LAYER_KINDS)
     return order.index(kind) if kind in order else len(order)
 

@@ -137,7 +137,7 @@ def _check_values(
             if x is not None:
                 add(name, f"{s.kind} == module({s.kind[:-4]}_in)", sm.module(s)(x), r[name])
         if s.kind == "router_logits" and f"mlp_in.{s.layer}" in r:
-            w = _router_weight(sm.module(s))
+            w = router_weight(sm.module(s))
             if w is not None:
                 x = r[f"mlp_in.{s.layer}"].to(w[0].dtype)
                 lin = nn.functional.linear(x, *w)
@@ -213,7 +213,7 @@ def _relogit(sm: SiteMap, h: Tensor) -> Tensor:
     return z
 
 
-def _router_weight(mod: nn.Module) -> tuple[Tensor, Tensor | None] | None:
+def router_weight(mod: nn.Module) -> tuple[Tensor, Tensor | None] | None:
     """(weight, bias) of a router that is one linear map: its own, or its only Linear child."""
     w = getattr(mod, "weight", None)
     if not isinstance(w, Tensor):
