@@ -15,6 +15,7 @@ from actscope.sites.vocabulary import LAYER_KINDS
 # Where discovery and the adapter legitimately differ (discovery offers less or more).
 _KNOWN = {
     "dbrx": {"router_logits"},  # DBRX's experts are not fused 3-D weights: expert count unknown
+    "llama4": {"mlp_out"},  # the adapter hooks the dense MLP's down_proj, discovery the MLP
 }
 
 

@@ -92,11 +92,13 @@ MOE: list[Adapter] = [
         router="mlp.router",
     ),
     Adapter(
-        # Llama 4 (text): dense and MoE layers interleaved under feed_forward.
+        # Llama 4 (text): dense and MoE layers interleaved under feed_forward. A MoE block
+        # returns flattened (batch*seq, d) rows, so mlp_out hooks the dense MLP's down
+        # projection (its output is the MLP's output) and is offered on dense layers only.
         families=("llama4_text",),
         layers="model.layers",
         final_norm="model.norm",
-        layer_sites=std_sites(mlp="feed_forward"),
+        layer_sites=std_sites(mlp="feed_forward", mlp_out=Hook("feed_forward.down_proj", "out")),
         linears={
             **{k: v.replace("mlp.", "feed_forward.") for k, v in LLAMA_LINEARS.items()},
             **{k: v.replace("mlp.", "feed_forward.") for k, v in _SHARED.items()},
@@ -105,8 +107,8 @@ MOE: list[Adapter] = [
         dropped={
             "router_logits": "Llama4Router's first output is the sigmoid of the top-k scores, "
             "not the logits",
-            "mlp_out": "the MoE block returns flattened (batch*seq, d) rows, not (batch, seq, d)",
         },
+        notes="mlp_out exists on dense layers only: MoE blocks return flattened rows",
     ),
     Adapter(
         # DBRX: attention sits inside norm_attn_norm, which also adds the residual and applies
