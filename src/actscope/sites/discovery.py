@@ -60,6 +60,10 @@ _ATTN_ROLES: dict[str, tuple[str, ...]] = {
     "v": ("v_proj", "v", "value", "wv", "v_lin"),
     "o": ("o_proj", "out_proj", "dense", "o", "wo", "c_proj", "out_lin"),
     "qkv": ("qkv_proj", "qkv", "query_key_value", "c_attn", "wqkv", "w_pack"),
+    "q_a": ("q_a_proj",),  # multi-head latent attention (DeepSeek): low-rank q and kv
+    "q_b": ("q_b_proj",),
+    "kv_a": ("kv_a_proj_with_mqa", "kv_a_proj"),
+    "kv_b": ("kv_b_proj",),
 }
 _MLP_ROLES: dict[str, tuple[str, ...]] = {
     "gate": ("gate_proj", "w1", "wi_0", "fc_gate"),

@@ -4,6 +4,8 @@
 captures every site at hook time (cloned, so later in-place writes by the model cannot
 change it) and returns one :class:`Check` per identity:
 
+* every offered site produces a value on the probe (a hook on a module the forward pass
+  never calls would otherwise be silently empty);
 * ``shape``: every per-token site is (batch, seq, ...), router logits (batch, seq, n_experts);
 * ``embed == resid_pre.0``; ``resid_post.l == resid_pre.(l+1)``;
 * ``resid_mid.l == resid_pre.l + sum of the layer's mixer outputs`` (attn_out, ssm_out, ...);
@@ -111,6 +113,9 @@ def _check_values(
         e = float("inf") if lhs is None else error(lhs, rhs)
         out.append(Check(site, identity, e, e <= tol))
 
+    for name in sm.names:  # a hook that never fires would be a site that silently is not
+        if name not in r:
+            out.append(Check(name, "produced on the probe", float("inf"), False))
     sites = {n: sm.get(n) for n in r}
     for name, s in sites.items():
         if s.layer is not None or s.kind in ("embed", "final_norm", "logits"):

@@ -23,7 +23,7 @@ HYBRID: list[Adapter] = [
         layers="model.layers",
         final_norm="model.final_layernorm",
         layer_sites={**std_sites(mlp="feed_forward", mid="pre_ff_layernorm"), **_MAMBA},
-        linears={**_LINEARS, "ssm_x_proj": "mamba.x_proj", "ssm_dt_proj": "mamba.dt_proj"},
+        linears={**_LINEARS, "ssm_x_proj": "mamba.x_proj"},  # dt_proj runs as a weight, not a call
         router="feed_forward.router",
         experts="feed_forward.experts",
     ),
