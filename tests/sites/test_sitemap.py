@@ -27,12 +27,14 @@ def test_every_family_has_the_core_vocabulary(family: str) -> None:
         "final_norm",
         "logits",
     ):
-        assert kind in sm.kinds(), f"{family} lacks {kind}"
+        # A kind the family has but no hooked tensor holds is recorded with its reason.
+        held = kind in sm.kinds() or kind.replace("attn_", "ssm_") in sm.kinds()
+        assert held or any(n.split(".")[0] == kind for n in sm.dropped), f"{family} lacks {kind}"
     for kind in sm.kinds():
         assert describe_kind(kind)
-    if "moe" in family or family == "mixtral":
+    if family in ("qwen2_moe", "qwen3_moe", "mixtral", "olmoe", "granitemoe", "qwen3_next"):
         assert "router_logits" in sm.kinds() and "expert_act" in sm.kinds()
-    else:
+    elif family not in ("gpt_oss", "dbrx", "opt"):  # MoE without recomputed experts; OPT
         assert "mlp_gate" in sm.kinds() and "mlp_act" in sm.kinds()
 
 
@@ -67,7 +69,7 @@ def test_discovery_maps_an_unknown_family() -> None:
     adapter = discover(model)
     sm = SiteMap(model, adapter)
     assert "resid_post.1" in sm and "mlp_out.0" in sm
-    assert "self_attn_q_proj_in.0" in sm
+    assert "q_in.0" in sm and "resid_mid.1" in sm and "mlp_gate.0" in sm
 
 
 class _Odd(nn.Module):

@@ -16,18 +16,7 @@ from actscope.sites.vocabulary import EXPERT_KINDS, LAYER_KINDS
 
 Mode = Literal["in", "out", "derived", "router", "expert"]
 _NAME = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>-?\d+))?(?:\.(?P<expert>\d+))?$")
-_LAYER_ORDER = [
-    "resid_pre",
-    "attn_in",
-    "attn_out",
-    "resid_mid",
-    "mlp_in",
-    "router_logits",
-    "mlp_gate",
-    "mlp_act",
-    "mlp_out",
-    "resid_post",
-]
+_LAYER_ORDER = list(LAYER_KINDS)
 
 
 @dataclass(frozen=True)
@@ -71,6 +60,8 @@ class SiteMap:
             getattr(self.config, "num_experts", 0) or getattr(self.config, "num_local_experts", 0)
         )
         self._sites: dict[str, Site] = {}
+        self.dropped: dict[str, str] = {}
+        """Sites the family has but that are not offered: site name -> reason."""
         self._build(modules)
 
     # construction ---------------------------------------------------------------------------
@@ -84,32 +75,57 @@ class SiteMap:
             base = f"{a.layers}.{i}"
             present = {k: h for k, h in a.layer_sites.items() if _exists(modules, base, h.module)}
             for kind in _LAYER_ORDER:
+                name = f"{kind}.{i}"
                 if kind == "router_logits":
-                    if a.router and f"{base}.{a.router}" in modules:
-                        self._add(
-                            Site(f"{kind}.{i}", kind, i, None, f"{base}.{a.router}", "router")
-                        )
+                    if a.router and f"{base}.{a.router}" in modules and not self._drop(name, kind):
+                        self._add(Site(name, kind, i, None, f"{base}.{a.router}", "router"))
                     continue
                 if kind == "resid_mid" and self.parallel:
-                    self._add(Site(f"{kind}.{i}", kind, i, None, base, "derived"))
+                    if f"attn_out.{i}" in self._sites and not self._drop(name, kind):
+                        self._add(Site(name, kind, i, None, base, "derived"))
                     continue
-                if kind not in present:
+                if kind not in present or self._drop(name, kind):
                     continue
                 h = present[kind]
+                if h.scale is not None and h.scale.factor(self.config) != 1.0:
+                    self.dropped[name] = (
+                        f"the family scales it by {h.scale.describe()} = "
+                        f"{h.scale.factor(self.config):g} outside any module"
+                    )
+                    continue
                 path = f"{base}.{h.module}" if h.module else base
-                self._add(Site(f"{kind}.{i}", kind, i, None, path, h.port, h.part))
+                self._add(Site(name, kind, i, None, path, h.port, h.part))
             for lin, rel in a.linears.items():
                 if f"{base}.{rel}" in modules:
                     for port in ("in", "out"):
                         name = f"{lin}_{port}.{i}"
-                        self._add(Site(name, f"{lin}_{port}", i, None, f"{base}.{rel}", port))
+                        if not self._drop(name, f"{lin}_{port}"):
+                            self._add(Site(name, f"{lin}_{port}", i, None, f"{base}.{rel}", port))
             if a.experts and f"{base}.{a.experts}" in modules:
                 for e in range(self.n_experts):
                     for kind in EXPERT_KINDS:
                         name = f"{kind}.{i}.{e}"
-                        self._add(Site(name, kind, i, e, f"{base}.{a.experts}", "expert"))
+                        if not self._drop(name, kind):
+                            self._add(Site(name, kind, i, e, f"{base}.{a.experts}", "expert"))
         self._add(Site("final_norm", "final_norm", None, None, a.final_norm, "out"))
-        self._add(Site("logits", "logits", None, None, self.lm_head, "out"))
+        scale = a.logits_scale.factor(self.config) if a.logits_scale else 1.0
+        if scale != 1.0 and a.logits_scale is not None:
+            self.dropped["logits"] = (
+                f"the family scales the lm_head output by {a.logits_scale.describe()} = "
+                f"{scale:g} outside any module"
+            )
+        elif not self._drop("logits", "logits"):
+            self._add(Site("logits", "logits", None, None, self.lm_head, "out"))
+        for name, reason in a.dropped.items():  # named sites whose module the table lacks
+            if _NAME.match(name) and "." in name and name not in self._sites:
+                self.dropped.setdefault(name, reason)
+
+    def _drop(self, name: str, kind: str) -> bool:
+        """True (and the reason recorded) when the adapter declares the site not offered."""
+        reason = self.adapter.dropped.get(name) or self.adapter.dropped.get(kind)
+        if reason:
+            self.dropped[name] = reason
+        return bool(reason)
 
     # queries --------------------------------------------------------------------------------
     @property

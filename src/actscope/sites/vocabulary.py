@@ -5,7 +5,8 @@ A *site* is a tensor inside the forward pass, named ``<kind>`` (model-wide sites
 Every per-layer name below is checked on every supported family by invariant tests
 (``tests/sites/test_invariants.py``):
 
-* ``resid_mid == resid_pre + attn_out`` and ``resid_post == resid_mid + mlp_out``;
+* ``resid_mid == resid_pre + attn_out`` (+ ``ssm_out`` and the other mixers' outputs on
+  hybrid layers, see :data:`MIXER_KINDS`) and ``resid_post == resid_mid + mlp_out``;
 * ``resid_post.l == resid_pre.(l+1)`` and ``embed == resid_pre.0``;
 * ``logits`` recomputed from ``final_norm`` equal the model's logits;
 * observing any set of sites leaves the logits bit-identical.
@@ -21,7 +22,7 @@ MODEL_KINDS: dict[str, str] = {
     "embed": "exactly what enters layer 0: token (and position) embeddings with any scaling "
     "the family applies (Gemma's sqrt(d) included); equal to resid_pre.0",
     "final_norm": "output of the final normalisation, the input of the unembedding",
-    "logits": "the model's output logits (after any final logit soft-capping)",
+    "logits": "the model's output logits (after any final logit scaling or soft-capping)",
 }
 
 LAYER_KINDS: dict[str, str] = {
@@ -30,16 +31,33 @@ LAYER_KINDS: dict[str, str] = {
     "raw residual on OLMo2, which normalises attention outputs instead)",
     "attn_out": "what attention adds to the residual stream, after any post-attention norm "
     "(Gemma 2/3, OLMo2) and before the addition",
+    "ssm_in": "input of the layer's state-space (Mamba) mixer, on layers that run one",
+    "ssm_out": "what the SSM mixer adds to the residual stream, before the addition",
+    "linattn_in": "input of the layer's linear-attention mixer (gated DeltaNet and kin)",
+    "linattn_out": "what the linear-attention mixer adds to the residual stream",
+    "conv_in": "input of the layer's short-convolution mixer (LFM2)",
+    "conv_out": "what the short-convolution mixer adds to the residual stream",
     "resid_mid": "residual stream after the attention addition, before the MLP block; on "
     "parallel-residual families (GPT-NeoX) defined as resid_pre + attn_out",
     "mlp_in": "input of the MLP or MoE block",
+    "router_logits": "MoE router logits, one per expert, before the softmax (observe-only)",
     "mlp_gate": "gate projection output before its activation (gated MLPs); on non-gated MLPs "
     "(GPT-2, GPT-NeoX) the up projection before its activation",
     "mlp_act": "input of the down projection: act(gate) * up, or act(up) on non-gated MLPs",
     "mlp_out": "what the MLP/MoE block adds to the residual stream, after any post-MLP norm",
     "resid_post": "residual stream leaving the layer (the layer's output)",
-    "router_logits": "MoE router logits, one per expert, before the softmax (observe-only)",
 }
+"""Per-layer kinds, in execution order (the order of a layer's sites in every SiteMap)."""
+
+MIXER_KINDS: dict[str, tuple[str, str]] = {
+    "attention": ("attn_in", "attn_out"),
+    "ssm": ("ssm_in", "ssm_out"),
+    "linear_attention": ("linattn_in", "linattn_out"),
+    "conv": ("conv_in", "conv_out"),
+}
+"""Token-mixer kinds -> their (input, output) site kinds. A layer's resid_mid is resid_pre plus
+the outputs of every mixer the layer runs (one on most layers, two on Falcon-H1)."""
+MIXER_OUT_KINDS: tuple[str, ...] = tuple(out for _, out in MIXER_KINDS.values())
 
 EXPERT_KINDS: dict[str, str] = {
     "expert_in": "input of expert e (the MoE block input); mask = tokens routed to e",
