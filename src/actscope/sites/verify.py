@@ -1,0 +1,557 @@
+"""Every site's meaning checked on a probe forward pass, whatever made the site map.
+
+A site map comes from a declarative adapter or from discovery; either can be wrong for a
+family (a residual added inside the module, a norm after it, a scaled branch...). Before a
+site is offered, :func:`verify_sitemap` runs one short forward pass (batch 2 x 6 tokens, the
+second row right-padded by 2) with every site observed, and checks on the real tokens:
+
+* ``embed = resid_pre.0`` and ``resid_post.l = resid_pre.(l+1)``;
+* ``resid_mid = resid_pre + attn_out``, ``resid_post = resid_mid + mlp_out`` and
+  ``resid_post = resid_pre + attn_out + mlp_out`` (the last one also where ``resid_mid`` is
+  derived or absent);
+* ``logits`` = the logits the model returns, and those logits recomputed from ``final_norm``
+  through the LM head, with the family's final scaling or soft-capping (the config's
+  ``final_logit_softcapping``, ``logits_scaling``, ``logit_scale``, ``lm_head_multiplier``
+  or ``output_multiplier``);
+* ``mlp_act = down_in`` and ``mlp_gate = gate_out`` where both sites exist, and
+  ``<lin>_out = module(<lin>_in)`` for every projection;
+* every site shaped (batch, seq, ...).
+
+Error of an identity ``lhs = rhs``: ``max abs err = max |lhs - rhs|`` and
+``rel err = max over tokens t of max_d |lhs - rhs|_td / max_d max_terms |term|_td``: the worst
+token's error relative to that token's largest operand (so one token's massive activation does
+not hide an error in the others). It passes when ``rel err <= TOLERANCE[dtype]``: a few units
+of rounding of the model's dtype (the identity itself is evaluated in float32).
+
+Blame: a site is dropped when an identity that can blame it fails and no passing identity
+involves it (``resid_mid = resid_pre + attn_out`` failing while ``resid_post = resid_mid +
+mlp_out`` holds blames ``attn_out``). The layer's own input and output (``resid_pre``,
+``resid_post``) are blamed only by the chain and embedding identities.
+
+The probe also finds the sites whose tensor the model writes into *after* the hook has seen it
+(Falcon's ``mlp_output += attention_output``): ``Verification.inplace``; captures copy those.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from actscope.errors import UnsupportedFamilyError
+from actscope.sites.sitemap import Site, SiteMap
+
+log = logging.getLogger(__name__)
+
+TOLERANCE: dict[torch.dtype, float] = {
+    torch.float64: 1e-9,
+    torch.float32: 1e-4,
+    torch.float16: 4e-3,
+    torch.bfloat16: 3e-2,
+}
+"""Largest relative error (see the module docstring) an identity may show, per model dtype."""
+
+FORMAT = 1
+"""Version of the checks; part of the cache key, so changing the checks invalidates it."""
+
+BATCH, SEQ, PAD = 2, 6, 2
+_ROWWISE = (nn.Linear.forward, Conv1D.forward)
+"""Forwards that act on each token row alone: ``module(<lin>_in)`` can be recomputed."""
+_TINY = 1e-30
+
+
+class SiteDroppedWarning(UserWarning):
+    """A site failed its identity or its shape on the probe and is not offered."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One identity evaluated on the probe.
+
+    ``site`` is the site the identity is written for (its left-hand side), ``identity`` the
+    formula without layer indices, ``status`` ``pass``, ``fail`` or ``skipped`` (could not be
+    evaluated: the reason is in ``note``).
+    """
+
+    site: str
+    kind: str
+    identity: str
+    max_abs_err: float
+    rel_err: float
+    status: str
+    note: str = ""
+
+
+@dataclass
+class Verification:
+    """Result of :func:`verify_sitemap`.
+
+    ``checks`` has one row per identity instance (per layer); ``dropped`` maps each site that
+    is not offered to the reason; ``inplace`` lists the sites written in place after their
+    hook; ``seconds`` is the cost of the probe (0 when read from the cache, ``cached`` True).
+    ``error`` is set when the probe could not run at all (then nothing is dropped).
+    """
+
+    family: str
+    dtype: str
+    tolerance: float
+    n_sites: int
+    checks: list[Check] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    inplace: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    cached: bool = False
+    error: str | None = None
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per identity (layers pooled): kind, identity, n, failed, worst errors, status.
+
+        ``status`` is ``pass``, ``fail`` (every instance failed), ``partial`` (some layers
+        failed) or ``skipped``; shape failures appear as the identity ``shape (batch, seq, ...)``.
+        """
+        rows: dict[str, dict[str, Any]] = {}
+        for c in self.checks:
+            r = rows.setdefault(
+                c.identity,
+                {
+                    "kind": c.kind,
+                    "identity": c.identity,
+                    "n": 0,
+                    "failed": 0,
+                    "max_abs_err": 0.0,
+                    "rel_err": 0.0,
+                    "statuses": set(),
+                    "failed_sites": [],
+                },
+            )
+            r["n"] += 1
+            r["statuses"].add(c.status)
+            if c.status == "fail":
+                r["failed"] += 1
+                r["failed_sites"].append(c.site)
+            if c.status != "skipped":
+                r["max_abs_err"] = max(r["max_abs_err"], c.max_abs_err)
+                r["rel_err"] = max(r["rel_err"], c.rel_err)
+        for r in rows.values():
+            st = r.pop("statuses")
+            r["status"] = (
+                "skipped"
+                if st == {"skipped"}
+                else "fail"
+                if r["failed"] == r["n"]
+                else "partial"
+                if r["failed"]
+                else "pass"
+            )
+        return list(rows.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verification:
+        d = dict(d)
+        d["checks"] = [Check(**c) for c in d.get("checks", [])]
+        return cls(**d)
+
+
+# the probe ------------------------------------------------------------------------------------
+def _probe_ids(model: nn.Module, tokenizer: Any) -> tuple[Tensor, Tensor]:
+    """(BATCH, SEQ) token ids and attention mask; row 1 is right-padded by PAD tokens."""
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    ids = (torch.arange(BATCH * SEQ).reshape(BATCH, SEQ) * 7919 + 11) % max(vocab - 1, 1)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if isinstance(bos, int) and 0 <= bos < vocab:
+        ids[:, 0] = bos
+    pad = getattr(tokenizer, "pad_token_id", None)
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    mask[1, SEQ - PAD :] = 0
+    ids[1, SEQ - PAD :] = pad if isinstance(pad, int) and 0 <= pad < vocab else 0
+    return ids, mask
+
+
+def _run_probe(
+    model: nn.Module, sm: SiteMap, tokenizer: Any
+) -> tuple[dict[str, Tensor], set[str], Tensor | None, Tensor]:
+    """Values of every site at hook time, the sites written in place later, logits, mask."""
+    from actscope.capture.hooks import ForwardState, Handles, attach
+    from actscope.capture.runner import forward
+    from actscope.utils.devices import input_device
+
+    ids, mask = _probe_ids(model, tokenizer)
+    dev = input_device(model)
+    ids, mask = ids.to(dev), mask.to(dev)
+    snap: dict[str, Tensor] = {}
+    live: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Callable[[Tensor, Tensor | None], None]:
+        def keep(value: Tensor, _mask: Tensor | None) -> None:
+            live[name] = value.detach()
+            snap[name] = value.detach().clone()
+
+        return keep
+
+    state = ForwardState()
+    handles = Handles()
+    try:
+        for site in sm.resolve("all"):
+            handles.items += attach(sm, site, keeper(site.name), state).items
+        with torch.inference_mode():
+            out = forward(model, ids, mask)
+    finally:
+        handles.remove()
+    rewritten = {
+        n for n, v in snap.items() if not torch.equal(live[n].nan_to_num(), v.nan_to_num())
+    }
+    logits = getattr(out, "logits", None)
+    return snap, rewritten, logits, mask.bool()
+
+
+# identities -----------------------------------------------------------------------------------
+@dataclass
+class _Identity:
+    site: str
+    kind: str
+    text: str
+    involves: tuple[str, ...]
+    blames: tuple[str, ...]
+    compute: Callable[[], tuple[Tensor, Tensor, list[Tensor]]]
+
+
+def _errors(lhs: Tensor, rhs: Tensor, terms: list[Tensor], real: Tensor) -> tuple[float, float]:
+    """(max abs err, rel err) over real tokens; see the module docstring."""
+    if lhs.shape != rhs.shape:
+        return float("inf"), float("inf")
+    d = (lhs.float() - rhs.float()).abs()[real].flatten(1)
+    scale = torch.stack([t.float().abs()[real].flatten(1).amax(-1) for t in terms]).amax(0)
+    if not bool(torch.isfinite(d).all()):
+        return float("inf"), float("inf")
+    rel = d.amax(-1) / scale.clamp_min(_TINY)
+    return float(d.max()) if d.numel() else 0.0, float(rel.max()) if rel.numel() else 0.0
+
+
+def _logit_transforms(model: nn.Module) -> list[tuple[str, Callable[[Tensor], Tensor]]]:
+    """The final scalings families apply to ``lm_head(final_norm)``, read from the config."""
+    cfg = model.config
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    out: list[tuple[str, Callable[[Tensor], Tensor]]] = [("lm_head(final_norm)", lambda x: x)]
+    for c in {id(cfg): cfg, id(text): text}.values():
+        cap = getattr(c, "final_logit_softcapping", None)
+        if cap:
+            out.append(
+                ("cap*tanh(lm_head(final_norm)/cap)", lambda x, c=cap: torch.tanh(x / c) * c)
+            )
+        for attr in ("logits_scaling", "logit_scale", "lm_head_multiplier", "output_multiplier"):
+            s = getattr(c, attr, None)
+            if isinstance(s, int | float) and s not in (0, 1):
+                out.append((f"lm_head(final_norm) * {attr}", lambda x, s=s: x * s))
+                out.append((f"lm_head(final_norm) / {attr}", lambda x, s=s: x / s))
+    return out
+
+
+def _identities(
+    sm: SiteMap, r: dict[str, Tensor], logits: Tensor | None, real: Tensor
+) -> list[_Identity]:
+    ids: list[_Identity] = []
+
+    def add(
+        site: str,
+        text: str,
+        involves: tuple[str, ...],
+        blames: tuple[str, ...],
+        fn: Callable[[], tuple[Tensor, Tensor, list[Tensor]]],
+    ) -> None:
+        if all(n in r for n in involves):
+            ids.append(_Identity(site, site.split(".")[0], text, involves, blames, fn))
+
+    add(
+        "embed",
+        "embed = resid_pre.0",
+        ("embed", "resid_pre.0"),
+        ("embed",),
+        lambda: (r["embed"], r["resid_pre.0"], [r["resid_pre.0"]]),
+    )
+    for i in range(sm.n_layers):
+        pre, a, mid, m, post = (
+            f"{k}.{i}" for k in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+        )
+        derived = mid in sm and sm.get(mid).mode == "derived"
+        if not derived:
+            add(
+                mid,
+                "resid_mid = resid_pre + attn_out",
+                (mid, pre, a),
+                (mid, a),
+                lambda pre=pre, a=a, mid=mid: (
+                    r[mid],
+                    r[pre].float() + r[a].float(),
+                    [r[pre], r[a]],
+                ),
+            )
+            add(
+                post,
+                "resid_post = resid_mid + mlp_out",
+                (post, mid, m),
+                (mid, m),
+                lambda post=post, mid=mid, m=m: (
+                    r[post],
+                    r[mid].float() + r[m].float(),
+                    [r[mid], r[m]],
+                ),
+            )
+        add(
+            post,
+            "resid_post = resid_pre + attn_out + mlp_out",
+            (post, pre, a, m),
+            (a, m),
+            lambda post=post, pre=pre, a=a, m=m: (
+                r[post],
+                r[pre].float() + r[a].float() + r[m].float(),
+                [r[pre], r[a], r[m]],
+            ),
+        )
+        nxt = f"resid_pre.{i + 1}"
+        if i + 1 < sm.n_layers:
+            add(
+                post,
+                "resid_post = resid_pre of the next layer",
+                (post, nxt),
+                (post, nxt),
+                lambda post=post, nxt=nxt: (r[post], r[nxt], [r[nxt]]),
+            )
+        for lhs, rhs in ((f"mlp_act.{i}", f"down_in.{i}"), (f"mlp_gate.{i}", f"gate_out.{i}")):
+            add(
+                lhs,
+                f"{lhs.split('.')[0]} = {rhs.split('.')[0]}",
+                (lhs, rhs),
+                (lhs,),
+                lambda lhs=lhs, rhs=rhs: (r[lhs], r[rhs], [r[rhs]]),
+            )
+    for site in sm.resolve("all"):
+        _add_linear(sm, site, r, add)
+    if logits is not None:
+        add(
+            "logits",
+            "logits = the model's logits",
+            ("logits",),
+            ("logits",),
+            lambda: (r["logits"], logits, [logits]),
+        )
+        if "final_norm" in r:
+            _add_final_norm(sm, r, logits, real, ids)
+    return ids
+
+
+def _add_linear(sm: SiteMap, site: Site, r: dict[str, Tensor], add: Callable[..., None]) -> None:
+    """``<lin>_out = module(<lin>_in)`` for a projection observed at both ports."""
+    if site.mode != "out" or site.part is not None or not site.kind.endswith("_out"):
+        return
+    if site.kind in ("attn_out", "mlp_out", "expert_out") or site.layer is None:
+        return
+    src = f"{site.kind[:-4]}_in.{site.layer}"
+    if src not in sm or sm.get(src).module != site.module or sm.get(src).part is not None:
+        return
+    mod = sm.module(site)
+    if type(mod).forward not in _ROWWISE:  # e.g. Llama 4's router: its output depends on layout
+        return
+
+    def fn() -> tuple[Tensor, Tensor, list[Tensor]]:
+        with torch.inference_mode():
+            y = mod(r[src])
+        y = y[0] if isinstance(y, tuple) else y
+        return r[site.name], y, [y]
+
+    add(site.name, f"{site.kind} = module({site.kind[:-4]}_in)", (site.name, src), (site.name,), fn)
+
+
+def _add_final_norm(
+    sm: SiteMap, r: dict[str, Tensor], logits: Tensor, real: Tensor, ids: list[_Identity]
+) -> None:
+    """``logits = T(lm_head(final_norm))`` with the family's final transform T that fits best."""
+    head = sm.model.get_output_embeddings()
+    with torch.inference_mode():
+        base = head(r["final_norm"])
+    best = min(
+        _logit_transforms(sm.model), key=lambda t: _errors(logits, t[1](base), [logits], real)[1]
+    )
+    text, fn = best
+    ids.append(
+        _Identity(
+            "final_norm",
+            "final_norm",
+            f"logits = {text}",
+            ("final_norm",),
+            ("final_norm",),
+            lambda: (logits, fn(base), [logits]),
+        )
+    )
+
+
+# verification ---------------------------------------------------------------------------------
+def _is_token_shaped(v: Tensor) -> bool:
+    return v.dim() >= 3 and tuple(v.shape[:2]) == (BATCH, SEQ)
+
+
+def verify_sitemap(model: nn.Module, sitemap: SiteMap, tokenizer: Any = None) -> Verification:
+    """Check the meaning of every site of ``sitemap`` on a probe forward pass of ``model``.
+
+    Does not change ``sitemap``; :func:`verified_sitemap` applies the result. See the module
+    docstring for the identities, the error measure and the blame rule.
+    """
+    t0 = time.perf_counter()
+    dtype = model.get_input_embeddings().weight.dtype
+    tol = TOLERANCE.get(dtype, 3e-2)
+    res = Verification(
+        family=str(getattr(model.config, "model_type", type(model).__name__)),
+        dtype=str(dtype).replace("torch.", ""),
+        tolerance=tol,
+        n_sites=len(sitemap.names),
+    )
+    try:
+        values, rewritten, logits, real = _run_probe(model, sitemap, tokenizer)
+    except Exception as exc:  # a model the probe cannot run: report, offer the sites unchecked
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        res.error = f"the probe forward pass failed: {first}"
+        res.seconds = time.perf_counter() - t0
+        return res
+    res.inplace = sorted(rewritten, key=sitemap.names.index)
+    for name, v in values.items():
+        if not _is_token_shaped(v):
+            shape = "x".join(map(str, v.shape))
+            res.checks.append(
+                Check(
+                    name,
+                    sitemap.get(name).kind,
+                    "shape (batch, seq, ...)",
+                    float("inf"),
+                    float("inf"),
+                    "fail",
+                    f"{shape}, not {BATCH}x{SEQ}x...",
+                )
+            )
+            res.dropped[name] = (
+                f"its shape {shape} is not (batch, seq, ...) = ({BATCH}, {SEQ}, ...)"
+            )
+    shaped = {n: v for n, v in values.items() if n not in res.dropped}
+    results: list[tuple[_Identity, Check]] = []
+    for ident in _identities(sitemap, shaped, logits, real):
+        try:
+            lhs, rhs, terms = ident.compute()
+            err, rel = _errors(lhs, rhs, terms, real)
+        except Exception as exc:  # e.g. a projection that cannot be called on its input alone
+            res.checks.append(
+                Check(ident.site, ident.kind, ident.text, 0.0, 0.0, "skipped", type(exc).__name__)
+            )
+            continue
+        check = Check(
+            ident.site, ident.kind, ident.text, err, rel, "pass" if rel <= tol else "fail"
+        )
+        results.append((ident, check))
+        res.checks.append(check)
+    supported = {n for ident, c in results if c.status == "pass" for n in ident.involves}
+    for ident, c in results:
+        if c.status == "pass":
+            continue
+        for name in ident.blames:
+            if name not in supported and name not in res.dropped:
+                res.dropped[name] = (
+                    f"fails {ident.text}: max abs err {c.max_abs_err:.3g}, "
+                    f"rel err {c.rel_err:.3g} > {tol:g} (at {ident.site})"
+                )
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+# applying it, with a cache ---------------------------------------------------------------------
+def _cache_file(model: nn.Module, sm: SiteMap, file_hash: str) -> Path:
+    import transformers
+
+    from actscope.models.paths import cache_root
+    from actscope.utils.hashing import sha256_text
+
+    sites = [(s.name, s.module, s.mode, s.part) for s in sm.resolve("all")]
+    dtype = str(model.get_input_embeddings().weight.dtype)
+    key = json.dumps([FORMAT, transformers.__version__, torch.__version__, dtype, sites])
+    return cache_root() / "verify" / f"{file_hash[:16]}-{sha256_text(key)[:16]}.json"
+
+
+def _read_cache(path: Path) -> Verification | None:
+    try:
+        res = Verification.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    res.cached = True
+    res.seconds = 0.0
+    return res
+
+
+def _write_cache(path: Path, res: Verification) -> None:
+    from actscope.utils.atomic import atomic_write_text
+
+    try:
+        atomic_write_text(path, json.dumps(res.to_dict(), indent=1))
+    except OSError as exc:  # the cache is an optimisation
+        log.warning("could not write the verification cache %s: %s", path, exc)
+
+
+def apply_verification(sm: SiteMap, res: Verification) -> None:
+    """Drop the failed sites from ``sm`` (one warning per identity) and record ``inplace``.
+
+    Raises :class:`UnsupportedFamilyError` when no residual-stream site remains.
+    """
+    sm.verification = res
+    if res.error is not None:
+        warnings.warn(
+            f"{res.family}: site meanings not verified ({res.error})",
+            SiteDroppedWarning,
+            stacklevel=3,
+        )
+        sm.inplace = frozenset(sm.names)  # unknown: captures copy everything
+        return
+    sm.drop(res.dropped)
+    sm.inplace = frozenset(n for n in res.inplace if n in sm)
+    for names in _group(sm.dropped).values():
+        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        warnings.warn(
+            f"{res.family}: not offering {shown}: {sm.dropped[names[0]]}",
+            SiteDroppedWarning,
+            stacklevel=3,
+        )
+    if not any(k in sm.kinds() for k in ("embed", "resid_pre", "resid_post")):
+        first = next(iter(sm.dropped.values()), "no site")
+        raise UnsupportedFamilyError(
+            f"no usable site on this {res.family} model: every residual-stream site failed "
+            f"its check (first: {first})"
+        )
+
+
+def _group(dropped: dict[str, str]) -> dict[str, list[str]]:
+    """Dropped sites grouped by the identity they fail (the text before the first ':')."""
+    out: dict[str, list[str]] = {}
+    for name, why in dropped.items():
+        out.setdefault(why.split(":", 1)[0], []).append(name)
+    return out
+
+
+def verified_sitemap(
+    model: nn.Module, tokenizer: Any = None, file_hash: str | None = None
+) -> SiteMap:
+    """Build ``model``'s SiteMap and verify it (read from the cache when ``file_hash`` is set)."""
+    sm = SiteMap(model)
+    path = _cache_file(model, sm, file_hash) if file_hash else None
+    res = _read_cache(path) if path is not None and path.exists() else None
+    if res is None:
+        res = verify_sitemap(model, sm, tokenizer)
+        if path is not None and res.error is None:
+            _write_cache(path, res)
+    apply_verification(sm, res)
+    return sm
