@@ -12,13 +12,14 @@ With ``stop=True`` the forward pass is aborted (by :class:`StopForward`, which t
 swallows) once the last requested layer has run.
 
 **Values are those at hook time.** Some families write into a site's tensor after the hook
-has run (Falcon adds attention into the MLP output in place: ``mlp_output += attn``). So:
-
-* retained tensors (``retain=True``) are always copies (``value.detach().clone()``);
-* consumers receive a copy at the sites the load-time verification saw written in place
-  (``SiteMap.inplace``), and the model's own tensor elsewhere. A consumer that reduces the
-  value inside the call (the profile's statistics, the store's row gathering) reads it before
-  any later write: on the CPU synchronously, on a GPU in stream order.
+has run (Falcon adds attention into the MLP output in place: ``mlp_output += attn``). At the
+sites where the load-time verification saw such a write (``SiteMap.inplace``; every site when
+the map is unverified) retained tensors and the tensors handed to consumers are copies
+(``value.detach().clone()``); elsewhere they are the model's own tensors, detached. Copying
+every retained site instead costs 48 % of a SmolLM2 forward when all 693 sites are retained
+(docs/design.md, section 4). A consumer that reduces the value inside the call (the profile's
+statistics, the store's row gathering) reads it before any later write anyway: on the CPU
+synchronously, on a GPU in stream order.
 """
 
 from __future__ import annotations
@@ -141,12 +142,13 @@ class Trace:
     # internals --------------------------------------------------------------------------------
     def _observer(self, name: str) -> Callable[[Tensor, Tensor | None], None]:
         consumers, retain, retained = self.consumers, self.retain, self.retained
-        rewritten = self.sitemap.inplace is not None and name in self.sitemap.inplace
+        inplace = self.sitemap.inplace
+        rewritten = inplace is None or name in inplace
 
         def observe(value: Tensor, mask: Tensor | None) -> None:
             v = value.detach()
-            if retain or rewritten:
-                v = v.clone()  # kept past the hook, or written into by the model later
+            if rewritten:
+                v = v.clone()  # the model writes into this tensor after the hook
             if retain:
                 retained[name] = v
             for c in consumers:
