@@ -45,10 +45,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import Tensor, nn
 
+from actscope.capture.hooks import ForwardState, Handles, attach
+from actscope.capture.runner import forward
 from actscope.errors import UnsupportedFamilyError
+from actscope.models.paths import cache_root
 from actscope.sites.sitemap import SiteMap
+from actscope.utils.atomic import atomic_write_text
+from actscope.utils.devices import input_device
+from actscope.utils.hashing import sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +188,6 @@ def _run_probe(
     model: nn.Module, sm: SiteMap, tokenizer: Any
 ) -> tuple[dict[str, Tensor], set[str], Tensor | None, Tensor]:
     """Values of every site at hook time, the sites written in place later, logits, mask."""
-    from actscope.capture.hooks import ForwardState, Handles, attach
-    from actscope.capture.runner import forward
-    from actscope.utils.devices import input_device
 
     ids, mask = _probe_ids(model, tokenizer)
     dev = input_device(model)
@@ -452,14 +456,14 @@ def verify_sitemap(model: nn.Module, sitemap: SiteMap, tokenizer: Any = None) ->
 
 # applying it, with a cache ---------------------------------------------------------------------
 def _cache_file(model: nn.Module, sm: SiteMap, file_hash: str) -> Path:
-    import transformers
-
-    from actscope.models.paths import cache_root
-    from actscope.utils.hashing import sha256_text
 
     sites = [(s.name, s.module, s.mode, s.part) for s in sm.resolve("all")]
-    dtype = str(model.get_input_embeddings().weight.dtype)
-    key = json.dumps([FORMAT, transformers.__version__, torch.__version__, dtype, sites])
+    run = [
+        str(model.get_input_embeddings().weight.dtype),
+        input_device(model).type,
+        str(getattr(model.config, "_attn_implementation", None)),
+    ]
+    key = json.dumps([FORMAT, transformers.__version__, torch.__version__, run, sites])
     return cache_root() / "verify" / f"{file_hash[:16]}-{sha256_text(key)[:16]}.json"
 
 
@@ -474,7 +478,6 @@ def _read_cache(path: Path) -> Verification | None:
 
 
 def _write_cache(path: Path, res: Verification) -> None:
-    from actscope.utils.atomic import atomic_write_text
 
     try:
         atomic_write_text(path, json.dumps(res.to_dict(), indent=1))
