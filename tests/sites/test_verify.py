@@ -170,3 +170,18 @@ def test_probe_failure_keeps_sites_unverified_with_a_warning() -> None:
     with pytest.warns(V.SiteDroppedWarning, match="not verified"):
         V.apply_verification(sm, res)
     assert sm.inplace == frozenset(sm.names)
+
+
+def test_a_16_bit_model_is_probed_in_float32_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build_tiny("gemma3", dtype=torch.bfloat16)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    before = {n: t.clone() for n, t in tensors}
+    res = V.verify_sitemap(model, SiteMap(model))
+    assert res.dtype == "float32" and res.tolerance == V.TOLERANCE[torch.float32]
+    assert res.dropped == {} and all(c.status == "pass" for c in res.checks)
+    for n, t in tensors:
+        assert t.dtype == before[n].dtype and torch.equal(t, before[n]), n
+    monkeypatch.setattr(V, "_free_bytes", lambda device: 0)  # no room for a float32 copy
+    res = V.verify_sitemap(model, SiteMap(model))
+    assert res.dtype == "bfloat16" and res.tolerance == V.TOLERANCE[torch.bfloat16]
+    assert res.dropped == {}

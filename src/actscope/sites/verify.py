@@ -21,7 +21,11 @@ Error of an identity ``lhs = rhs``: ``max abs err = max |lhs - rhs|`` and
 ``rel err = max over tokens t of max_d |lhs - rhs|_td / max_d max_terms |term|_td``: the worst
 token's error relative to that token's largest operand (so one token's massive activation does
 not hide an error in the others). It passes when ``rel err <= TOLERANCE[dtype]``: a few units
-of rounding of the model's dtype (the identity itself is evaluated in float32).
+of rounding of the dtype the probe ran in. The probe runs in float32 when the weights are
+16-bit and memory allows a float32 copy of them for its duration (every parameter and buffer
+gets its own 16-bit storage back), so a bf16 model is held
+to float32's 1e-4 rather than bf16's 3e-2; otherwise in the model's dtype. The identities
+themselves are evaluated in float32.
 
 Blame: a site is dropped when an identity that can blame it fails and no passing identity
 involves it (``resid_mid = resid_pre + attn_out`` failing while ``resid_post = resid_mid +
@@ -34,12 +38,14 @@ The probe also finds the sites whose tensor the model writes into *after* the ho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +73,7 @@ TOLERANCE: dict[torch.dtype, float] = {
 }
 """Largest relative error (see the module docstring) an identity may show, per model dtype."""
 
-FORMAT = 1
+FORMAT = 2
 """Version of the checks; part of the cache key, so changing the checks invalidates it."""
 
 BATCH, SEQ, PAD = 2, 6, 2
@@ -184,11 +190,44 @@ def _probe_ids(model: nn.Module, tokenizer: Any) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
+def _free_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on ``device`` (CUDA: the driver's count; CPU: free pages)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return 0
+
+
+@contextlib.contextmanager
+def _float32(model: nn.Module) -> Iterator[bool]:
+    """Run the body with the model's 16-bit floating weights in float32, when memory allows.
+
+    Each parameter and buffer gets its own 16-bit storage back afterwards (kept aside, not
+    converted back). Yields whether the model now computes in float32.
+    """
+    low = (torch.float16, torch.bfloat16)
+    tensors = [t for t in [*model.parameters(), *model.buffers()] if t.dtype in low]
+    need: dict[torch.device, int] = {}
+    for t in tensors:
+        need[t.device] = need.get(t.device, 0) + 4 * t.numel()
+    if not tensors or any(2 * n > _free_bytes(d) for d, n in need.items()):
+        yield not tensors
+        return
+    orig = [(t, t.data) for t in tensors]
+    try:
+        for t, _ in orig:
+            t.data = t.data.float()
+        yield True
+    finally:
+        for t, data in orig:
+            t.data = data
+
+
 def _run_probe(
     model: nn.Module, sm: SiteMap, tokenizer: Any
 ) -> tuple[dict[str, Tensor], set[str], Tensor | None, Tensor]:
     """Values of every site at hook time, the sites written in place later, logits, mask."""
-
     ids, mask = _probe_ids(model, tokenizer)
     dev = input_device(model)
     ids, mask = ids.to(dev), mask.to(dev)
@@ -391,26 +430,38 @@ def verify_sitemap(model: nn.Module, sitemap: SiteMap, tokenizer: Any = None) ->
     docstring for the identities, the error measure and the blame rule.
     """
     t0 = time.perf_counter()
-    dtype = model.get_input_embeddings().weight.dtype
-    tol = TOLERANCE.get(dtype, 3e-2)
     res = Verification(
         family=str(getattr(model.config, "model_type", type(model).__name__)),
-        dtype=str(dtype).replace("torch.", ""),
-        tolerance=tol,
+        dtype="",
+        tolerance=0.0,
         n_sites=len(sitemap.names),
     )
     try:
-        values, rewritten, logits, real = _run_probe(model, sitemap, tokenizer)
+        with _float32(model):
+            dtype = model.get_input_embeddings().weight.dtype
+            res.dtype, res.tolerance = str(dtype).replace("torch.", ""), TOLERANCE.get(dtype, 3e-2)
+            values, rewritten, logits, real = _run_probe(model, sitemap, tokenizer)
+            res.checks, res.dropped = _check(sitemap, values, logits, real, res.tolerance)
     except Exception as exc:  # a model the probe cannot run: report, offer the sites unchecked
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         res.error = f"the probe forward pass failed: {first}"
         res.seconds = time.perf_counter() - t0
         return res
     res.inplace = sorted(rewritten, key=sitemap.names.index)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _check(
+    sitemap: SiteMap, values: dict[str, Tensor], logits: Tensor | None, real: Tensor, tol: float
+) -> tuple[list[Check], dict[str, str]]:
+    """The checks of every identity and shape, and the sites to drop (site -> reason)."""
+    checks: list[Check] = []
+    dropped: dict[str, str] = {}
     for name, v in values.items():
         if not _is_token_shaped(v):
             shape = "x".join(map(str, v.shape))
-            res.checks.append(
+            checks.append(
                 Check(
                     name,
                     sitemap.get(name).kind,
@@ -421,17 +472,15 @@ def verify_sitemap(model: nn.Module, sitemap: SiteMap, tokenizer: Any = None) ->
                     f"{shape}, not {BATCH}x{SEQ}x...",
                 )
             )
-            res.dropped[name] = (
-                f"its shape {shape} is not (batch, seq, ...) = ({BATCH}, {SEQ}, ...)"
-            )
-    shaped = {n: v for n, v in values.items() if n not in res.dropped}
+            dropped[name] = f"its shape {shape} is not (batch, seq, ...) = ({BATCH}, {SEQ}, ...)"
+    shaped = {n: v for n, v in values.items() if n not in dropped}
     results: list[tuple[_Identity, Check]] = []
     for ident in _identities(sitemap, shaped, logits, real):
         try:
             lhs, rhs, terms = ident.compute()
             err, rel = _errors(lhs, rhs, terms, real)
-        except Exception as exc:  # e.g. a projection that cannot be called on its input alone
-            res.checks.append(
+        except Exception as exc:  # e.g. an LM head that needs more than final_norm
+            checks.append(
                 Check(ident.site, ident.kind, ident.text, 0.0, 0.0, "skipped", type(exc).__name__)
             )
             continue
@@ -439,19 +488,18 @@ def verify_sitemap(model: nn.Module, sitemap: SiteMap, tokenizer: Any = None) ->
             ident.site, ident.kind, ident.text, err, rel, "pass" if rel <= tol else "fail"
         )
         results.append((ident, check))
-        res.checks.append(check)
+        checks.append(check)
     supported = {n for ident, c in results if c.status == "pass" for n in ident.involves}
     for ident, c in results:
         if c.status == "pass":
             continue
         for name in ident.blames:
-            if name not in supported and name not in res.dropped:
-                res.dropped[name] = (
+            if name not in supported and name not in dropped:
+                dropped[name] = (
                     f"fails {ident.text}: max abs err {c.max_abs_err:.3g}, "
                     f"rel err {c.rel_err:.3g} > {tol:g} (at {ident.site})"
                 )
-    res.seconds = time.perf_counter() - t0
-    return res
+    return checks, dropped
 
 
 # applying it, with a cache ---------------------------------------------------------------------
