@@ -18,9 +18,8 @@ the map is unverified) retained tensors and the tensors handed to consumers are 
 (``value.detach().clone()``); elsewhere they are the model's own tensors, detached. (Copying
 every retained site instead was measured at 48 % of the time of a 4 x 128-token SmolLM2
 forward on the CPU with all 693 sites retained.) A consumer that reduces the value inside the
-call (the profile's
-statistics, the store's row gathering) reads it before any later write anyway: on the CPU
-synchronously, on a GPU in stream order.
+call (the profile's statistics, the store's row gathering) reads it before any later write
+anyway: on the CPU synchronously, on a GPU in stream order.
 """
 
 from __future__ import annotations
