@@ -23,9 +23,9 @@ token's error relative to that token's largest operand (so one token's massive a
 not hide an error in the others). It passes when ``rel err <= TOLERANCE[dtype]``: a few units
 of rounding of the dtype the probe ran in. The probe runs in float32 when the weights are
 16-bit and memory allows a float32 copy of them for its duration (every parameter and buffer
-gets its own 16-bit storage back), so a bf16 model is held
-to float32's 1e-4 rather than bf16's 3e-2; otherwise in the model's dtype. The identities
-themselves are evaluated in float32.
+gets its own 16-bit storage back), so a bf16 model is held to float32's 1e-4 rather than
+bf16's 3e-2; otherwise in the model's dtype. The identities themselves are evaluated in
+float32.
 
 Blame: a site is dropped when an identity that can blame it fails and no passing identity
 involves it (``resid_mid = resid_pre + attn_out`` failing while ``resid_post = resid_mid +
@@ -106,6 +106,7 @@ class Check:
 class Verification:
     """Result of :func:`verify_sitemap`.
 
+    ``dtype`` is the dtype the probe ran in and ``tolerance`` the relative error it allowed.
     ``checks`` has one row per identity instance (per layer); ``dropped`` maps each site that
     is not offered to the reason; ``inplace`` lists the sites written in place after their
     hook; ``seconds`` is the cost of the probe (0 when read from the cache, ``cached`` True).
@@ -211,7 +212,8 @@ def _float32(model: nn.Module) -> Iterator[bool]:
     need: dict[torch.device, int] = {}
     for t in tensors:
         need[t.device] = need.get(t.device, 0) + 4 * t.numel()
-    if not tensors or any(2 * n > _free_bytes(d) for d, n in need.items()):
+    offloaded = any(t.device.type == "meta" for t in tensors)  # accelerate loads them itself
+    if not tensors or offloaded or any(2 * n > _free_bytes(d) for d, n in need.items()):
         yield not tensors
         return
     orig = [(t, t.data) for t in tensors]
