@@ -306,92 +306,60 @@ def _logit_transforms(model: nn.Module) -> list[tuple[str, Callable[[Tensor], Te
     return out
 
 
+def _sum32(terms: list[Tensor]) -> Tensor:
+    """``terms[0] + terms[1] + ...`` in float32, left to right (the model's order)."""
+    total = terms[0].float()
+    for t in terms[1:]:
+        total = total + t.float()
+    return total
+
+
 def _identities(
     sm: SiteMap, r: dict[str, Tensor], logits: Tensor | None, real: Tensor
 ) -> list[_Identity]:
+    """Every identity whose sites were all captured (``r``: site -> value at hook time)."""
     ids: list[_Identity] = []
 
-    def add(
-        site: str,
-        text: str,
-        involves: tuple[str, ...],
-        blames: tuple[str, ...],
-        fn: Callable[[], tuple[Tensor, Tensor, list[Tensor]]],
-    ) -> None:
-        if all(n in r for n in involves):
-            ids.append(_Identity(site, site.split(".")[0], text, involves, blames, fn))
+    def add(text: str, lhs: str, rhs: tuple[str, ...], blames: tuple[str, ...]) -> None:
+        """``lhs = sum(rhs)``, the sum taken in float32."""
+        if lhs in r and all(n in r for n in rhs):
+            ids.append(
+                _Identity(
+                    lhs,
+                    lhs.split(".")[0],
+                    text,
+                    (lhs, *rhs),
+                    blames,
+                    lambda: (r[lhs], _sum32([r[n] for n in rhs]), [r[n] for n in rhs]),
+                )
+            )
 
-    add(
-        "embed",
-        "embed = resid_pre.0",
-        ("embed", "resid_pre.0"),
-        ("embed",),
-        lambda: (r["embed"], r["resid_pre.0"], [r["resid_pre.0"]]),
-    )
+    add("embed = resid_pre.0", "embed", ("resid_pre.0",), ("embed",))
     for i in range(sm.n_layers):
         pre, a, mid, m, post = (
             f"{k}.{i}" for k in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
         )
-        derived = mid in sm and sm.get(mid).mode == "derived"
-        if not derived:
-            add(
-                mid,
-                "resid_mid = resid_pre + attn_out",
-                (mid, pre, a),
-                (mid, a),
-                lambda pre=pre, a=a, mid=mid: (
-                    r[mid],
-                    r[pre].float() + r[a].float(),
-                    [r[pre], r[a]],
-                ),
-            )
-            add(
-                post,
-                "resid_post = resid_mid + mlp_out",
-                (post, mid, m),
-                (mid, m),
-                lambda post=post, mid=mid, m=m: (
-                    r[post],
-                    r[mid].float() + r[m].float(),
-                    [r[mid], r[m]],
-                ),
-            )
-        add(
-            post,
-            "resid_post = resid_pre + attn_out + mlp_out",
-            (post, pre, a, m),
-            (a, m),
-            lambda post=post, pre=pre, a=a, m=m: (
-                r[post],
-                r[pre].float() + r[a].float() + r[m].float(),
-                [r[pre], r[a], r[m]],
-            ),
-        )
-        nxt = f"resid_pre.{i + 1}"
+        if not (mid in sm and sm.get(mid).mode == "derived"):
+            add("resid_mid = resid_pre + attn_out", mid, (pre, a), (mid, a))
+            add("resid_post = resid_mid + mlp_out", post, (mid, m), (mid, m))
+        add("resid_post = resid_pre + attn_out + mlp_out", post, (pre, a, m), (a, m))
         if i + 1 < sm.n_layers:
-            add(
-                post,
-                "resid_post = resid_pre of the next layer",
-                (post, nxt),
-                (post, nxt),
-                lambda post=post, nxt=nxt: (r[post], r[nxt], [r[nxt]]),
-            )
-        for lhs, rhs in ((f"mlp_act.{i}", f"down_in.{i}"), (f"mlp_gate.{i}", f"gate_out.{i}")):
-            add(
-                lhs,
-                f"{lhs.split('.')[0]} = {rhs.split('.')[0]}",
-                (lhs, rhs),
-                (lhs,),
-                lambda lhs=lhs, rhs=rhs: (r[lhs], r[rhs], [r[rhs]]),
-            )
+            nxt = f"resid_pre.{i + 1}"
+            add("resid_post = resid_pre of the next layer", post, (nxt,), (post, nxt))
+        add("mlp_act = down_in", f"mlp_act.{i}", (f"down_in.{i}",), (f"mlp_act.{i}",))
+        add("mlp_gate = gate_out", f"mlp_gate.{i}", (f"gate_out.{i}",), (f"mlp_gate.{i}",))
     if logits is not None:
-        add(
-            "logits",
-            "logits = the model's logits",
-            ("logits",),
-            ("logits",),
-            lambda: (r["logits"], logits, [logits]),
-        )
+        if "logits" in r:
+            ids.append(
+                _Identity(
+                    "logits",
+                    "logits",
+                    "logits = the model's logits",
+                    ("logits",),
+                    ("logits",),
+                    lambda: (r["logits"], logits, [logits]),
+                )
+            )
         if "final_norm" in r:
             _add_final_norm(sm, r, logits, real, ids)
     return ids
