@@ -76,6 +76,11 @@ TOLERANCE: dict[torch.dtype, float] = {
 FORMAT = 2
 """Version of the checks; part of the cache key, so changing the checks invalidates it."""
 
+PARALLEL_BRANCHES: tuple[str, ...] = ()
+"""Kinds of residual branches beside ``attn_out`` and ``mlp_out`` (a hybrid's SSM mixer next
+to attention, say): where a layer has them, ``resid_post = resid_pre + attn_out + mlp_out``
+includes them. Empty until the vocabulary names such a kind."""
+
 BATCH, SEQ, PAD = 2, 6, 2
 _TINY = 1e-30
 
@@ -342,7 +347,11 @@ def _identities(
         if not (mid in sm and sm.get(mid).mode == "derived"):
             add("resid_mid = resid_pre + attn_out", mid, (pre, a), (mid, a))
             add("resid_post = resid_mid + mlp_out", post, (mid, m), (mid, m))
-        add("resid_post = resid_pre + attn_out + mlp_out", post, (pre, a, m), (a, m))
+        extra = tuple(n for n in (f"{k}.{i}" for k in PARALLEL_BRANCHES) if n in r)
+        if a in r and m in r:
+            kinds = ["attn_out", "mlp_out", *(n.split(".")[0] for n in extra)]
+            text = "resid_post = resid_pre + " + " + ".join(kinds)
+            add(text, post, (pre, a, m, *extra), (a, m, *extra))
         if i + 1 < sm.n_layers:
             nxt = f"resid_pre.{i + 1}"
             add("resid_post = resid_pre of the next layer", post, (nxt,), (post, nxt))
