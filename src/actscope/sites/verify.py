@@ -25,7 +25,7 @@ of rounding of the dtype the probe ran in. The probe runs in float32 when the we
 16-bit and memory allows a float32 copy of them for its duration (every parameter and buffer
 gets its own 16-bit storage back), so a bf16 model is held to float32's 1e-4 rather than
 bf16's 3e-2; otherwise in the model's dtype. The identities themselves are evaluated in
-float32.
+float64.
 
 Blame: a site is dropped when an identity that can blame it fails and no passing identity
 involves it (``resid_mid = resid_pre + attn_out`` failing while ``resid_post = resid_mid +
@@ -73,7 +73,7 @@ TOLERANCE: dict[torch.dtype, float] = {
 }
 """Largest relative error (see the module docstring) an identity may show, per model dtype."""
 
-FORMAT = 2
+FORMAT = 3
 """Version of the checks; part of the cache key, so changing the checks invalidates it."""
 
 PARALLEL_BRANCHES: tuple[str, ...] = ()
@@ -283,8 +283,8 @@ def _errors(lhs: Tensor, rhs: Tensor, terms: list[Tensor], real: Tensor) -> tupl
     """(max abs err, rel err) over real tokens; see the module docstring."""
     if lhs.shape != rhs.shape:
         return float("inf"), float("inf")
-    d = (lhs.float() - rhs.float()).abs().flatten(2).amax(-1)[real]  # per token (NaN kept)
-    scale = torch.stack([t.abs().flatten(2).amax(-1)[real].float() for t in terms]).amax(0)
+    d = (lhs.double() - rhs.double()).abs().flatten(2).amax(-1)[real]  # per token (NaN kept)
+    scale = torch.stack([t.abs().flatten(2).amax(-1)[real].double() for t in terms]).amax(0)
     rel = d / scale.clamp_min(_TINY)
     err, worst = torch.stack([d.max(), rel.max()]).tolist()
     if not (math.isfinite(err) and math.isfinite(worst)):
@@ -311,11 +311,11 @@ def _logit_transforms(model: nn.Module) -> list[tuple[str, Callable[[Tensor], Te
     return out
 
 
-def _sum32(terms: list[Tensor]) -> Tensor:
-    """``terms[0] + terms[1] + ...`` in float32, left to right (the model's order)."""
-    total = terms[0].float()
+def _sum64(terms: list[Tensor]) -> Tensor:
+    """``terms[0] + terms[1] + ...`` in float64, left to right."""
+    total = terms[0].double()
     for t in terms[1:]:
-        total = total + t.float()
+        total = total + t.double()
     return total
 
 
@@ -326,7 +326,7 @@ def _identities(
     ids: list[_Identity] = []
 
     def add(text: str, lhs: str, rhs: tuple[str, ...], blames: tuple[str, ...]) -> None:
-        """``lhs = sum(rhs)``, the sum taken in float32."""
+        """``lhs = sum(rhs)``, the sum taken in float64."""
         if lhs in r and all(n in r for n in rhs):
             ids.append(
                 _Identity(
@@ -335,7 +335,7 @@ def _identities(
                     text,
                     (lhs, *rhs),
                     blames,
-                    lambda: (r[lhs], _sum32([r[n] for n in rhs]), [r[n] for n in rhs]),
+                    lambda: (r[lhs], _sum64([r[n] for n in rhs]), [r[n] for n in rhs]),
                 )
             )
 
