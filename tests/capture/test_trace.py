@@ -202,3 +202,78 @@ def test_repeated_runs_do_not_grow_memory() -> None:
     growth = sum(s.size_diff for s in snap1.compare_to(snap0, "filename"))
     assert growth < 200_000, f"python heap grew by {growth} bytes over 30 traces"
     assert _hook_count(lm.model) == 0
+
+
+def _falcon() -> torch.nn.Module:
+    """Falcon-7B's layout: parallel attention, and the MLP output updated in place."""
+    import transformers as tf
+
+    from actscope.models.tiny import VOCAB
+
+    torch.manual_seed(0)
+    cfg = tf.FalconConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        new_decoder_architecture=False,
+        parallel_attn=True,
+    )
+    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("verified", [True, False])
+def test_captures_keep_the_value_at_hook_time_when_the_model_writes_in_place(
+    verified: bool,
+) -> None:
+    from actscope.capture import sitemap_of
+    from actscope.sites import SiteMap
+
+    model = _falcon()
+    sm = sitemap_of(model) if verified else SiteMap(model)  # unverified: retain still copies
+    ids = torch.tensor([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]])
+    held: dict[str, torch.Tensor] = {}
+
+    def hold(site: str, value: torch.Tensor, mask: torch.Tensor | None) -> None:
+        held[site] = value  # kept past the hook, as the lens fit does
+
+    with torch.inference_mode():
+        base = forward(model, ids).logits
+        consumers = [hold] if verified else []
+        with Trace(sm, ["mlp_in.0", "mlp_out.0"], retain=True, consumers=consumers) as tr:
+            forward(model, ids)
+        mlp = model.transformer.h[0].mlp
+        assert torch.equal(tr["mlp_out.0"], mlp(tr["mlp_in.0"]))
+        if verified:
+            assert torch.equal(held["mlp_out.0"], tr["mlp_out.0"])
+        # patching the retained value back is a no-op
+        with Trace(sm, edits={"mlp_out.0": lambda v, m: tr["mlp_out.0"]}):
+            patched = forward(model, ids).logits
+    assert torch.equal(patched, base)
+
+
+def test_only_sites_rewritten_in_place_are_copied() -> None:
+    from actscope.capture import sitemap_of
+    from actscope.sites import SiteMap
+
+    lm = get_model("tiny:llama")
+    ids = torch.tensor([[1, 2, 3]])
+    for sm, copied in ((sitemap_of(lm), False), (SiteMap(lm.model), True)):
+        with torch.inference_mode(), Trace(sm, ["resid_post.0", "resid_pre.1"], retain=True) as tr:
+            forward(lm.model, ids)
+        assert torch.equal(tr["resid_post.0"], tr["resid_pre.1"])
+        same = tr["resid_post.0"].data_ptr() == tr["resid_pre.1"].data_ptr()
+        assert same != copied  # verified llama: no site is rewritten, nothing is copied
+
+
+def test_a_mask_that_cannot_fit_a_site_raises() -> None:
+    from actscope.errors import ActscopeError
+
+    lm = get_model("tiny:llama")
+    with (
+        torch.inference_mode(),
+        pytest.raises(ActscopeError, match="resid_post.0.*does not start with"),
+        Trace(lm, "resid_post.0", consumers=[lambda s, v, m: None]) as tr,
+    ):
+        tr.set_mask(torch.ones(3, 4))
+        forward(lm.model, torch.tensor([[1, 2, 3]]))

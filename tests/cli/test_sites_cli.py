@@ -27,3 +27,11 @@ def test_bad_input_is_one_line_and_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and err.startswith("actscope: error:")
+
+
+def test_sites_verify_prints_the_identity_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sites", "tiny:gpt_neox", "--verify", "--dtype", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "0 dropped" in out
+    assert "resid_post = resid_pre + attn_out + mlp_out" in out and "pass" in out
+    assert "logits = lm_head(final_norm)" in out

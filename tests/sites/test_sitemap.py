@@ -90,3 +90,15 @@ def test_fused_gate_slice_is_first_half() -> None:
     site = sm.get("mlp_gate.0")
     assert site.part == (0, 2)
     assert torch.is_tensor(lm.model.model.layers[0].mlp.gate_up_proj.weight)
+
+
+def test_drop_removes_sites_and_what_derives_from_them() -> None:
+    sm = SiteMap(get_model("tiny:gpt_neox").model)  # parallel residual: resid_mid is derived
+    assert sm.get("resid_mid.0").mode == "derived"
+    sm.drop({"attn_out.0": "fails resid_post = resid_pre + attn_out + mlp_out: max abs err 2"})
+    assert "attn_out.0" not in sm and "resid_mid.0" not in sm and "resid_mid.1" in sm
+    assert sm.dropped["resid_mid.0"] == "derived from attn_out.0, which was dropped"
+    assert [s.name for s in sm.resolve("attn_out")] == ["attn_out.1"]
+    with pytest.raises(UnknownSiteError, match="not offered on this model: fails resid_post"):
+        sm.get("attn_out.0")
+    assert sm.describe()["dropped_sites"] == sm.dropped

@@ -33,7 +33,9 @@ class ForwardState:
     """Per-forward information shared by the hooks of one trace.
 
     ``mask`` is the (batch, seq) boolean mask of real (non-padding) tokens of the current
-    forward pass, or None when every token is real.
+    forward pass, or None when every token is real. ``token_shape`` holds, per decoder layer
+    path, the (batch, seq) of the hidden states that layer received in this forward pass; a
+    per-layer site whose module sees flattened (batch*seq, d) rows is reshaped back with it.
     """
 
     mask: Tensor | None = None
@@ -104,9 +106,14 @@ def _replace(x: Tensor, part: tuple[int, int] | None, new: Tensor) -> Tensor:
     return torch.cat(chunks, dim=-1)
 
 
-def _mask_for(value: Tensor, state: ForwardState) -> Tensor | None:
+def _mask_for(value: Tensor, state: ForwardState, site: Site) -> Tensor | None:
+    """The declared padding mask fitted to ``value``'s (batch, seq); None when none is declared.
+
+    A declared mask that cannot be fitted raises: handing None to a consumer would make the
+    padding look like real tokens.
+    """
     m = state.mask
-    if m is None or value.dim() < 2:
+    if m is None:
         return None
     if m.device != value.device:  # model split over devices: one copy per device
         key = str(value.device)
@@ -115,14 +122,13 @@ def _mask_for(value: Tensor, state: ForwardState) -> Tensor | None:
         m = state.mask_on[key]
     if tuple(value.shape[:2]) == tuple(m.shape):
         return m
-    return _fit_mask(m, value)
-
-
-def _fit_mask(m: Tensor, value: Tensor) -> Tensor | None:
     # With a KV cache the forward sees only the new tokens: use the mask's last columns.
-    if value.shape[0] == m.shape[0] and value.shape[1] <= m.shape[1]:
+    if value.dim() >= 2 and value.shape[0] == m.shape[0] and value.shape[1] <= m.shape[1]:
         return m[:, -value.shape[1] :]
-    return None
+    raise ActscopeError(
+        f"site '{site.name}' has shape {tuple(value.shape)}, which does not start with the "
+        f"(batch, seq) = {tuple(m.shape)} of the declared padding mask"
+    )
 
 
 def attach(
@@ -139,8 +145,8 @@ def attach(
         )
     module = sitemap.module(site)
     handles = Handles()
-    flat = _flat_block(sitemap, site)
-    if flat is not None:  # Linear inside an MoE block: sees (batch*seq, d) rows
+    flat = _token_layer(sitemap, site)
+    if flat is not None:  # the module may see flattened (batch*seq, d) rows (MoE blocks)
         _record_shape(sitemap.model.get_submodule(flat), flat, state, handles)
     if site.mode == "in":
         hook = _in_hook(site, fn, state, edit, flat)
@@ -159,18 +165,27 @@ def attach(
     return handles
 
 
-def _flat_block(sm: SiteMap, site: Site) -> str | None:
-    """The MoE block enclosing an in/out site that receives flattened token rows, if any."""
-    if site.layer is None or not sm.adapter.router or site.mode not in ("in", "out"):
+def _token_layer(sm: SiteMap, site: Site) -> str | None:
+    """Path of the decoder layer holding an in/out site inside it (None for the layer itself).
+
+    Any module inside a layer may receive or return the tokens flattened to (batch*seq, d)
+    (MoE blocks and their Linears, Llama 4's whole MoE block); the layer's own input tells
+    the (batch, seq) to restore.
+    """
+    if site.layer is None or site.mode not in ("in", "out"):
         return None
-    block = f"{sm.adapter.layers}.{site.layer}.{sm.adapter.router.rsplit('.', 1)[0]}"
-    return block if site.module.startswith(block + ".") else None
+    layer = f"{sm.adapter.layers}.{site.layer}"
+    return layer if site.module.startswith(layer + ".") else None
 
 
 def _unflatten(value: Tensor, state: ForwardState, flat: str | None) -> Tensor:
+    """``value`` as (batch, seq, d) when it holds the layer's batch*seq tokens as 2-D rows."""
     if flat is None or value.dim() != 2:
         return value
-    return value.reshape(*state.token_shape[flat], value.shape[-1])
+    shape = state.token_shape.get(flat)
+    if shape is None or value.shape[0] != shape.numel():
+        return value
+    return value.reshape(*shape, value.shape[-1])
 
 
 def _in_hook(
@@ -180,7 +195,7 @@ def _in_hook(
         x, where = _first_tensor(args, kwargs)
         raw = _select(x, site.part)
         value = _unflatten(raw, state, flat)
-        new = fn(value, _mask_for(value, state))
+        new = fn(value, _mask_for(value, state, site))
         if not edit or new is None:
             return None
         full = _replace(x, site.part, new.reshape(raw.shape))
@@ -205,7 +220,7 @@ def _out_hook(
         value = _unflatten(raw, state, flat)
         if softcap:
             value = torch.tanh(value / softcap) * softcap
-        new = fn(value, _mask_for(value, state))
+        new = fn(value, _mask_for(value, state, site))
         if not edit or new is None:
             return None
         full = _replace(x, site.part, new.reshape(raw.shape))
@@ -231,7 +246,7 @@ def _attach_router(
     def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         logits = out[0] if isinstance(out, tuple) else out
         value = logits.reshape(*state.token_shape[block], logits.shape[-1])
-        fn(value, _mask_for(value, state))
+        fn(value, _mask_for(value, state, site))
 
     handles.add(module.register_forward_hook(hook))
 
@@ -265,7 +280,7 @@ def _attach_expert(
         shape = state.token_shape[block]
         value = value.reshape(*shape, value.shape[-1])
         routed = routed.reshape(shape)
-        m = _mask_for(value, state)
+        m = _mask_for(value, state, site)
         fn(value, routed if m is None else routed & m)
 
     handles.add(module.register_forward_hook(hook, with_kwargs=True))
@@ -286,7 +301,7 @@ def _attach_derived(
     def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         a = out[0] if isinstance(out, tuple) else out
         value = box.pop("pre") + a
-        fn(value, _mask_for(value, state))
+        fn(value, _mask_for(value, state, site))
 
     handles.add(layer.register_forward_pre_hook(pre, with_kwargs=True))
     handles.add(attn.register_forward_hook(post))

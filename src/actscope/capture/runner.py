@@ -73,11 +73,11 @@ def run(
 
     ``progress`` is an optional callable ``progress(n_tokens)`` called after each batch.
     """
-    model = getattr(target, "model", target)
+    sm = sitemap_of(target)
+    model = sm.model
     device = input_device(model)
     consumers = list(consumers)
     info = RunInfo()
-    sm = sitemap_of(target)
     t0 = time.perf_counter()
     # no_grad rather than inference_mode: consumer state created in hooks must stay mergeable
     # (in-place updates of inference tensors are refused outside inference mode).

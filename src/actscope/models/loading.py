@@ -205,6 +205,9 @@ def load_model(
         lm.model.to(dev)
     lm.model.eval()
     lm.model.requires_grad_(False)
+    from actscope.capture.trace import sitemap_of
+
+    sitemap_of(lm)  # builds the site map and verifies each site's meaning (cached by file hash)
     return lm
 
 

@@ -9,16 +9,20 @@ import torch
 from actscope.capture.runner import forward
 from actscope.capture.trace import Trace, sitemap_of
 from actscope.sites.vocabulary import describe_kind
+from actscope.utils.devices import input_device
 
 
 def site_shapes(
     lm: Any, patterns: list[str] | None = None, n_tokens: int = 4
 ) -> list[dict[str, Any]]:
-    """One row per site: name, module path, mode, shape (batch 1 x ``n_tokens``), meaning."""
+    """One row per site: name, module path, mode, shape (batch 1 x ``n_tokens``), meaning.
+
+    ``lm`` is a LoadedModel, a SiteMap or a bare HF causal LM.
+    """
     sm = sitemap_of(lm)
-    ids = torch.arange(min(n_tokens, 8), device=lm.device).unsqueeze(0) + 10
+    ids = torch.arange(min(n_tokens, 8), device=input_device(sm.model)).unsqueeze(0) + 10
     with torch.inference_mode(), Trace(sm, patterns or ["all"], retain=True) as tr:
-        forward(lm.model, ids)
+        forward(sm.model, ids)
     return [
         {
             "site": s.name,

@@ -43,7 +43,13 @@ class Site:
 
 
 class SiteMap:
-    """All sites of a model, in execution order, with name resolution and patterns."""
+    """All sites of a model, in execution order, with name resolution and patterns.
+
+    After :func:`actscope.sites.verify.verify_sitemap` has run, ``dropped`` maps every site
+    removed because it failed its identity (or its (batch, seq, ...) shape) to the reason, and
+    ``inplace`` names the sites whose tensor the model writes into after the hook has seen it
+    (None: not verified). ``verification`` holds the full result.
+    """
 
     def __init__(self, model: nn.Module, adapter: Adapter | None = None) -> None:
         self.model = model
@@ -61,7 +67,8 @@ class SiteMap:
         )
         self._sites: dict[str, Site] = {}
         self.dropped: dict[str, str] = {}
-        """Sites the family has but that are not offered: site name -> reason."""
+        self.inplace: frozenset[str] | None = None
+        self.verification: Any = None
         self._build(modules)
 
     # construction ---------------------------------------------------------------------------
@@ -127,6 +134,20 @@ class SiteMap:
             self.dropped[name] = reason
         return bool(reason)
 
+    def drop(self, reasons: dict[str, str]) -> None:
+        """Remove the sites named in ``reasons`` (site -> why), and what is derived from them.
+
+        A derived ``resid_mid`` (resid_pre + attn_out) goes with its layer's ``attn_out``.
+        """
+        for name, why in reasons.items():
+            if self._sites.pop(name, None) is not None:
+                self.dropped[name] = why
+        for site in list(self._sites.values()):
+            src = f"attn_out.{site.layer}"
+            if site.mode == "derived" and src in self.dropped:
+                del self._sites[site.name]
+                self.dropped[site.name] = f"derived from {src}, which was dropped"
+
     # queries --------------------------------------------------------------------------------
     @property
     def names(self) -> list[str]:
@@ -147,6 +168,10 @@ class SiteMap:
         """The site called ``name``; unknown names and bad layers raise with suggestions."""
         if name in self._sites:
             return self._sites[name]
+        if name in self.dropped:
+            raise UnknownSiteError(
+                f"site '{name}' is not offered on this model: {self.dropped[name]}"
+            )
         m = _NAME.match(name)
         if m and m.group("layer") is not None:
             kind, layer = m.group("kind"), int(m.group("layer"))
@@ -191,6 +216,11 @@ class SiteMap:
             return [self._sites[pat]]
         if pat in self.kinds():
             return [s for s in self._sites.values() if s.kind == pat]
+        lost = [n for n in self.dropped if _NAME.match(n) and n.split(".")[0] == pat]
+        if lost:
+            raise UnknownSiteError(
+                f"site kind '{pat}' is not offered on this model: {self.dropped[lost[0]]}"
+            )
         if any(c in pat for c in "*?["):
             hits = [s for n, s in self._sites.items() if fnmatch.fnmatchcase(n, pat)]
             if hits:
@@ -208,6 +238,8 @@ class SiteMap:
             "adapter": list(self.adapter.families),
             "n_layers": self.n_layers,
             "n_sites": len(self._sites),
+            "verified": self.inplace is not None,
+            "dropped_sites": dict(self.dropped),
             "parallel_residual": self.parallel,
             "logit_softcap": self.softcap,
         }

@@ -1,0 +1,187 @@
+"""Load-time verification of site meanings: identities, blame, drops, cache, bare HF models."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from tests._models import TINY_FAMILIES, get_model
+
+from actscope.capture import Trace, forward, sitemap_of
+from actscope.errors import UnknownSiteError, UnsupportedFamilyError
+from actscope.models.tiny import VOCAB, build_tiny
+from actscope.sites import Hook, SiteMap, adapter_for
+from actscope.sites import verify as V
+
+CORE = (
+    "embed = resid_pre.0",
+    "resid_mid = resid_pre + attn_out",
+    "resid_post = resid_mid + mlp_out",
+    "resid_post = resid_pre of the next layer",
+    "logits = the model's logits",
+)
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_every_adapter_family_passes_and_keeps_every_site(family: str, dtype: str) -> None:
+    sm = sitemap_of(get_model(f"tiny:{family}", dtype))
+    res = sm.verification
+    assert res.error is None and res.dropped == {} and sm.dropped == {}
+    table = {r["identity"]: r for r in res.table()}
+    derived = sm.get("resid_mid.0").mode == "derived"
+    for ident in CORE:
+        if derived and "resid_mid" in ident:  # resid_mid is defined by that sum here
+            ident = "resid_post = resid_pre + attn_out + mlp_out"
+        assert table[ident]["status"] == "pass", (ident, table[ident])
+    assert any(i.startswith("logits = ") and "final_norm" in i for i in table)
+    assert all(c.status == "pass" for c in res.checks), [
+        c for c in res.checks if c.status != "pass"
+    ]
+
+
+def _bad(adapter_changes: dict[str, Hook]) -> SiteMap:
+    base = adapter_for("llama")
+    assert base is not None
+    bad = dataclasses.replace(base, layer_sites={**base.layer_sites, **adapter_changes})
+    return SiteMap(build_tiny("llama"), bad)
+
+
+def test_wrong_attn_out_is_dropped_with_its_identity_and_error() -> None:
+    # attn_out mapped onto the residual after the addition: resid_mid = resid_pre + attn_out
+    # fails, resid_post = resid_mid + mlp_out still holds, so attn_out alone is to blame.
+    sm = _bad({"attn_out": Hook("post_attention_layernorm", "in")})
+    res = V.verify_sitemap(sm.model, sm)
+    assert set(res.dropped) == {"attn_out.0", "attn_out.1"}
+    with pytest.warns(V.SiteDroppedWarning, match=r"attn_out.0, attn_out.1: fails resid_mid = "):
+        V.apply_verification(sm, res)
+    assert "resid_mid.0" in sm and "mlp_out.1" in sm and "attn_out.0" not in sm
+    assert "max abs err" in sm.dropped["attn_out.0"]
+    with pytest.raises(UnknownSiteError, match="not offered on this model: fails resid_mid"):
+        sm.resolve("attn_out")
+    with pytest.raises(UnknownSiteError, match="not offered"):
+        sm.get("attn_out.1")
+
+
+def test_wrong_resid_mid_is_blamed_when_the_branches_sum() -> None:
+    # resid_mid mapped onto the MLP's input (normalised): both identities with resid_mid fail,
+    # resid_post = resid_pre + attn_out + mlp_out holds, so the branches are kept.
+    sm = _bad({"resid_mid": Hook("mlp", "in")})
+    res = V.verify_sitemap(sm.model, sm)
+    assert set(res.dropped) == {"resid_mid.0", "resid_mid.1"}
+
+
+def test_scaled_logits_drop_the_logits_site_but_keep_final_norm() -> None:
+    # Granite divides lm_head's output by logits_scaling and scales both residual branches:
+    # through discovery, 'logits' (lm_head's output) and the raw branch outputs are wrong.
+    torch.manual_seed(0)
+    cfg = tf.GraniteConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        logits_scaling=4.0,
+        residual_multiplier=0.5,
+    )
+    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    with pytest.warns(V.SiteDroppedWarning) as rec:
+        sm = sitemap_of(model)
+    res = sm.verification
+    assert "logits" in sm.dropped and "fails logits = the model's logits" in sm.dropped["logits"]
+    assert "final_norm" in sm
+    fn = next(c for c in res.checks if c.site == "final_norm")
+    assert fn.status == "pass" and fn.identity == "logits = lm_head(final_norm) / logits_scaling"
+    assert {"attn_out.0", "mlp_out.0"} <= set(sm.dropped)
+    assert "resid_post.0" in sm and "resid_pre.1" in sm
+    assert any("logits" in str(w.message) for w in rec)
+
+
+def test_nothing_usable_fails_in_one_line() -> None:
+    sm = SiteMap(build_tiny("llama"))
+    res = V.verify_sitemap(sm.model, sm)
+    res.dropped = {n: "fails something: max abs err 1" for n in sm.names}
+    with pytest.warns(V.SiteDroppedWarning), pytest.raises(UnsupportedFamilyError) as exc:
+        V.apply_verification(sm, res)
+    assert len(str(exc.value).splitlines()) == 1 and "no usable site" in str(exc.value)
+
+
+def test_inplace_rewrites_are_found_on_falcon() -> None:
+    sm = sitemap_of(_falcon())
+    assert sm.dropped == {}
+    assert {"mlp_out.0", "mlp_out.1"} <= set(sm.inplace or ())
+    assert "resid_post.0" not in (sm.inplace or ())
+
+
+def _falcon() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = tf.FalconConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        new_decoder_architecture=False,
+        parallel_attn=True,
+    )
+    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def test_cached_by_file_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACTSCOPE_CACHE", str(tmp_path))
+    model = build_tiny("llama")
+    first = V.verified_sitemap(model, file_hash="ab" * 32)
+    assert not first.verification.cached
+    assert len(list((tmp_path / "verify").glob("*.json"))) == 1
+
+    def fail(*a: object, **k: object) -> None:
+        raise AssertionError("verification repeated despite the cache")
+
+    monkeypatch.setattr(V, "verify_sitemap", fail)
+    again = V.verified_sitemap(model, file_hash="ab" * 32)
+    assert again.verification.cached and again.verification.checks == first.verification.checks
+    assert again.inplace == first.inplace and again.names == first.names
+    with pytest.raises(AssertionError, match="repeated"):
+        V.verified_sitemap(model)  # no file hash: verified each time
+
+
+def test_bare_hf_model_is_accepted() -> None:
+    model = build_tiny("llama")
+    sm = sitemap_of(model)
+    assert sm.model is model and sm.verification is not None and sm.dropped == {}
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.inference_mode(), Trace(model, ["resid_post.1", "logits"], retain=True) as tr:
+        out = forward(model, ids).logits
+    assert torch.equal(tr["logits"], out) and tr["resid_post.1"].shape == (1, 3, 64)
+
+
+def test_probe_failure_keeps_sites_unverified_with_a_warning() -> None:
+    model = build_tiny("llama")
+    sm = SiteMap(model)
+    model.model.layers[0].mlp.forward = None  # type: ignore[assignment,method-assign]
+    try:
+        res = V.verify_sitemap(model, sm)
+    finally:
+        del model.model.layers[0].mlp.forward
+    assert res.error is not None and res.dropped == {}
+    with pytest.warns(V.SiteDroppedWarning, match="not verified"):
+        V.apply_verification(sm, res)
+    assert sm.inplace == frozenset(sm.names)
+
+
+def test_a_16_bit_model_is_probed_in_float32_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build_tiny("gemma3", dtype=torch.bfloat16)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    before = {n: t.clone() for n, t in tensors}
+    res = V.verify_sitemap(model, SiteMap(model))
+    assert res.dtype == "float32" and res.tolerance == V.TOLERANCE[torch.float32]
+    assert res.dropped == {} and all(c.status == "pass" for c in res.checks)
+    for n, t in tensors:
+        assert t.dtype == before[n].dtype and torch.equal(t, before[n]), n
+    monkeypatch.setattr(V, "_free_bytes", lambda device: 0)  # no room for a float32 copy
+    res = V.verify_sitemap(model, SiteMap(model))
+    assert res.dtype == "bfloat16" and res.tolerance == V.TOLERANCE[torch.bfloat16]
+    assert res.dropped == {}
