@@ -8,14 +8,13 @@ from tests._models import get_model
 from actscope.models.tiny import CONFIGS, DISCOVERY_ONLY, PARTIAL, build_tiny
 from actscope.sites.adapters import adapter_for
 from actscope.sites.discovery import discover
-from actscope.sites.identities import check_sitemap, failures
 from actscope.sites.sitemap import SiteMap
+from actscope.sites.verify import verify_sitemap
 from actscope.sites.vocabulary import LAYER_KINDS
 
 # Where discovery and the adapter legitimately differ (discovery offers less or more).
 _KNOWN = {
     "dbrx": {"router_logits"},  # DBRX's experts are not fused 3-D weights: expert count unknown
-    "llama4": {"mlp_out"},  # the adapter hooks the dense MLP's down_proj, discovery the MLP
 }
 
 
@@ -42,9 +41,9 @@ def test_discovery_finds_what_the_adapter_maps(family: str) -> None:
 @pytest.mark.parametrize("family", sorted(DISCOVERY_ONLY))
 def test_discovered_family_passes_identities_with_full_residual_chain(family: str) -> None:
     sm = _discovered(family)
-    checks = check_sitemap(sm)
-    assert failures(checks) == {}
-    checked = {c.site for c in checks}
+    res = verify_sitemap(sm.model, sm)
+    assert res.error is None and res.dropped == {}
+    checked = res.checked()
     for i in range(sm.n_layers):
         assert f"resid_mid.{i}" in checked and f"mlp_out.{i}" in checked
 
@@ -53,9 +52,9 @@ def test_discovered_family_passes_identities_with_full_residual_chain(family: st
 def test_partial_family_says_why_each_missing_site_is_missing(family: str) -> None:
     """No MLP (Mamba), scaled branches and two MLPs side by side (GraniteMoeHybrid), ..."""
     sm = _discovered(family)
-    checks = check_sitemap(sm)
-    assert failures(checks) == {}
-    checked = {c.site for c in checks}
+    res = verify_sitemap(sm.model, sm)
+    assert res.error is None and res.dropped == {}
+    checked = res.checked()
     for i in range(sm.n_layers):
         for kind in ("resid_mid", "mlp_out"):
             assert f"{kind}.{i}" in checked or f"{kind}.{i}" in sm.dropped, f"{kind}.{i}"
@@ -67,9 +66,8 @@ def test_partial_family_says_why_each_missing_site_is_missing(family: str) -> No
 
 def test_two_parallel_mlps_and_scaled_mixers() -> None:
     sm = _discovered("granitemoehybrid")
-    assert "resid_mid.0" in sm and "ssm_out.0" not in sm and "attn_out.1" not in sm
+    assert "resid_mid.0" in sm and sm.get("ssm_out.0").scale == 0.5
     assert "0.5 x block_sparse_moe, 0.5 x shared_mlp" in sm.dropped["mlp_out.0"]
-    assert "0.5 x the output of mamba" in sm.dropped["ssm_out.0"]
 
 
 def test_residual_inside_the_module_takes_the_inner_projection() -> None:
@@ -91,17 +89,16 @@ def test_post_norms_are_what_is_added(family: str, attn_out: str, mlp_out: str) 
     assert sm.get("mlp_out.0").module.endswith(mlp_out)
 
 
-def test_scaled_branches_are_not_offered_and_resid_mid_still_is() -> None:
+def test_scaled_branches_carry_the_measured_factor() -> None:
     sm = _discovered("granite")
-    assert "attn_out.0" not in sm and "resid_mid.0" in sm
-    assert "0.5 x the output of self_attn" in sm.dropped["attn_out.0"]
-    assert "logits" in sm.dropped
+    assert sm.get("attn_out.0").scale == 0.5 and "resid_mid.0" in sm
+    assert sm.get("logits").scale == sm.config.logits_scaling**-1
 
 
 def test_parallel_residual_derives_resid_mid() -> None:
     sm = _discovered("cohere")
     assert sm.get("resid_mid.0").mode == "derived"
-    assert sm.dropped["logits"].startswith("the family scales the lm_head output")
+    assert sm.get("logits").scale == sm.config.logit_scale
 
 
 def test_hybrid_every_layer_is_inspected() -> None:
@@ -122,7 +119,7 @@ def test_linear_sites_get_shared_names() -> None:
 def test_projections_in_the_layer_and_other_norm_names() -> None:
     opt = _discovered("opt")
     assert "q_in.0" in opt and "attn_out.1" in opt and opt.get("resid_mid.0").mode == "derived"
-    assert "mlp_out.0" in opt.dropped  # flattened rows inside the layer
+    assert "mlp_out.0" in opt and "up_in.1" in opt  # flattened rows inside the layer, reshaped
     lfm = _discovered("lfm2")
     assert lfm.adapter.final_norm.endswith("embedding_norm")
     assert "conv_out.0" in lfm and "attn_out.1" in lfm and "attn_out.0" not in lfm

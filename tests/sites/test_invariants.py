@@ -1,5 +1,5 @@
-"""Site meaning, tested on every family: the identities of actscope.sites.identities hold for
-every offered site, observation leaves the logits unchanged, scaled sites are not offered."""
+"""Site meaning, tested on every family: the identities of actscope.sites.verify hold for
+every offered site, observation leaves the logits unchanged, scaled sites carry their factor."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from actscope.capture.trace import sitemap_of
 from actscope.models import LoadedModel
 from actscope.models.tiny import DISCOVERY_ONLY
 from actscope.sites.adapters import adapter_for
-from actscope.sites.identities import check_sitemap, failures
 
 PARAMS = [pytest.param(f"tiny:{f}", id=f) for f in TINY_FAMILIES] + [
     pytest.param(m, id=m, marks=pytest.mark.slow) for m in REAL_MODELS
@@ -29,9 +28,9 @@ def _inputs(lm: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
 def test_every_offered_site_passes_its_identities(spec: str) -> None:
     lm = get_model(spec, "fp32")
     sm = sitemap_of(lm)
-    checks = check_sitemap(sm)
-    assert failures(checks) == {}
-    checked = {c.site for c in checks}
+    checks = sm.verification.checks
+    assert sm.dropped == {} and [c for c in checks if c.status != "pass"] == []
+    checked = sm.verification.checked()
     n = sm.n_layers
     # The residual chain is checked on every layer (sites that exist are never left unchecked).
     for i in range(n):
@@ -64,19 +63,21 @@ def test_families_of_the_tiny_set_have_an_adapter(family: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("family", "dropped"),
+    ("family", "sites", "attr"),
     [
-        ("granite", ["attn_out.0", "mlp_out.1", "logits"]),
-        ("granitemoe", ["attn_out.1", "mlp_out.0", "logits"]),
-        ("cohere", ["logits"]),
-        ("falcon_h1", ["attn_out.0", "ssm_out.1", "logits"]),
+        ("granite", ["attn_out.0", "mlp_out.1"], "residual_multiplier"),
+        ("granitemoe", ["attn_out.1", "mlp_out.0"], "residual_multiplier"),
+        ("cohere", ["logits"], "logit_scale"),
+        ("falcon_h1", ["ssm_out.1"], "ssm_out_multiplier"),
+        ("falcon_h1", ["logits"], "lm_head_multiplier"),
     ],
 )
-def test_scaled_sites_are_not_offered_and_say_why(family: str, dropped: list[str]) -> None:
+def test_scaled_sites_are_offered_with_the_family_factor(
+    family: str, sites: list[str], attr: str
+) -> None:
     sm = sitemap_of(get_model(f"tiny:{family}", "fp32"))
-    for name in dropped:
-        assert name not in sm
-        assert "outside any module" in sm.dropped[name]
+    for name in sites:
+        assert sm.get(name).scale == getattr(sm.config, attr)
 
 
 def test_hybrid_layers_name_their_mixer() -> None:

@@ -15,6 +15,7 @@ from actscope.errors import UnknownSiteError, UnsupportedFamilyError
 from actscope.models.tiny import VOCAB, build_tiny
 from actscope.sites import Hook, SiteMap, adapter_for
 from actscope.sites import verify as V
+from actscope.sites.vocabulary import MIXER_OUT_KINDS
 
 CORE = (
     "embed = resid_pre.0",
@@ -33,9 +34,11 @@ def test_every_adapter_family_passes_and_keeps_every_site(family: str, dtype: st
     assert res.error is None and res.dropped == {} and sm.dropped == {}
     table = {r["identity"]: r for r in res.table()}
     derived = sm.get("resid_mid.0").mode == "derived"
+    mixers = " + ".join(k for k in MIXER_OUT_KINDS if f"{k}.0" in sm)  # attn_out (+ ssm_out)
     for ident in CORE:
         if derived and "resid_mid" in ident:  # resid_mid is defined by that sum here
             ident = "resid_post = resid_pre + attn_out + mlp_out"
+        ident = ident.replace("attn_out", mixers)
         assert table[ident]["status"] == "pass", (ident, table[ident])
     assert any(i.startswith("logits = ") and "final_norm" in i for i in table)
     assert all(c.status == "pass" for c in res.checks), [
@@ -74,9 +77,9 @@ def test_wrong_resid_mid_is_blamed_when_the_branches_sum() -> None:
     assert set(res.dropped) == {"resid_mid.0", "resid_mid.1"}
 
 
-def test_scaled_logits_drop_the_logits_site_but_keep_final_norm() -> None:
-    # Granite divides lm_head's output by logits_scaling and scales both residual branches:
-    # through discovery, 'logits' (lm_head's output) and the raw branch outputs are wrong.
+def test_scaled_logits_and_branches_are_offered_with_their_scale() -> None:
+    # Granite divides lm_head's output by logits_scaling and scales both residual branches by
+    # residual_multiplier outside any module: the sites carry the factor and pass.
     torch.manual_seed(0)
     cfg = tf.GraniteConfig(
         vocab_size=VOCAB,
@@ -89,16 +92,102 @@ def test_scaled_logits_drop_the_logits_site_but_keep_final_norm() -> None:
         residual_multiplier=0.5,
     )
     model = tf.AutoModelForCausalLM.from_config(cfg).eval()
-    with pytest.warns(V.SiteDroppedWarning) as rec:
-        sm = sitemap_of(model)
+    sm = sitemap_of(model)
     res = sm.verification
-    assert "logits" in sm.dropped and "fails logits = the model's logits" in sm.dropped["logits"]
-    assert "final_norm" in sm
+    assert sm.dropped == {} and all(c.status == "pass" for c in res.checks)
+    assert sm.get("logits").scale == 0.25 and sm.get("mlp_out.1").scale == 0.5
+    fn = next(c for c in res.checks if c.site == "final_norm")
+    assert fn.identity == "logits = lm_head(final_norm) x 1 / config.logits_scaling"
+    assert any(c.identity == "logits = the model's logits" for c in res.checks)
+
+
+def test_a_missing_scale_fails_logits_and_the_branches_but_not_final_norm() -> None:
+    # The same Granite without the adapter's scales: the raw lm_head output is not the logits,
+    # the raw branch outputs do not sum; final_norm still fits through the config's scaling.
+    torch.manual_seed(0)
+    cfg = tf.GraniteConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        logits_scaling=4.0,
+        residual_multiplier=0.5,
+    )
+    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    base = adapter_for("granite")
+    assert base is not None
+    plain = dataclasses.replace(
+        base,
+        layer_sites={**base.layer_sites, **adapter_for("llama").layer_sites},  # type: ignore[union-attr]
+        logits_scale=None,
+    )
+    sm = SiteMap(model, plain)
+    res = V.verify_sitemap(model, sm)
+    assert "fails logits = the model's logits" in res.dropped["logits"]
+    assert {"attn_out.0", "mlp_out.0"} <= set(res.dropped)
+    assert "final_norm" not in res.dropped and "resid_post.0" not in res.dropped
     fn = next(c for c in res.checks if c.site == "final_norm")
     assert fn.status == "pass" and fn.identity == "logits = lm_head(final_norm) / logits_scaling"
-    assert {"attn_out.0", "mlp_out.0"} <= set(sm.dropped)
-    assert "resid_post.0" in sm and "resid_pre.1" in sm
-    assert any("logits" in str(w.message) for w in rec)
+
+
+def test_bloom_raw_module_output_is_caught() -> None:
+    """BLOOM adds the residual inside attention: its raw output is not attn_out."""
+    good = adapter_for("bloom")
+    assert good is not None
+    raw = dataclasses.replace(
+        good,
+        layer_sites={
+            **good.layer_sites,
+            "attn_out": Hook("self_attention", "out"),
+            "mlp_out": Hook("mlp", "out"),
+        },
+    )
+    model = get_model("tiny:bloom").model
+    res = V.verify_sitemap(model, SiteMap(model, raw))
+    assert {"attn_out.0", "mlp_out.0"} <= set(res.dropped)
+
+
+def test_moe_router_and_expert_sum_are_checked_and_blamed() -> None:
+    model = get_model("tiny:qwen2_moe").model
+    sm = SiteMap(model)
+    res = V.verify_sitemap(model, sm)
+    table = {r["identity"]: r for r in res.table()}
+    assert table["router_logits = W mlp_in (+ b)"]["status"] == "pass"
+    shared = "sum_e expert_out + sigmoid(shared_expert_gate mlp_in) shared_down_out = mlp_out"
+    assert table[shared]["status"] == "pass" and table[shared]["n"] == sm.n_layers
+    # Expert 0's output taken at its input: the expert sum fails and blames the experts only.
+    bad = dataclasses.replace(sm.get("expert_out.0.0"), kind="expert_in")
+    sm._sites["expert_out.0.0"] = bad
+    res = V.verify_sitemap(model, sm)
+    assert "expert_out.0.0" in res.dropped and "mlp_out.0" not in res.dropped
+    assert "fails sum_e expert_out" in res.dropped["expert_out.0.0"]
+
+
+def test_a_site_whose_hook_never_runs_is_dropped() -> None:
+    base = adapter_for("llama")
+    assert base is not None
+    lost = dataclasses.replace(base, linears={**base.linears, "spare": "self_attn.spare"})
+    model = build_tiny("llama")
+    model.model.layers[0].self_attn.spare = torch.nn.Linear(2, 2)  # never called
+    res = V.verify_sitemap(model, SiteMap(model, lost))
+    assert res.dropped["spare_in.0"].startswith("produced no value on the probe")
+
+
+def test_rel_error_is_per_token_relative() -> None:
+    a = torch.tensor([[[100.0, 0.0], [1.0, 0.0]]])
+    b = a.clone()
+    b[0, 1, 0] = 1.5
+    assert V.rel_error(a, b) == 0.5 / 1.5  # the small token is not hidden by the large one
+    assert V.rel_error(a, a) == 0.0
+    assert V.rel_error(a, a[..., :1]) == float("inf")
+
+
+def test_probe_is_right_padded() -> None:
+    ids, mask = V.probe_ids(build_tiny("llama"), None)
+    assert ids.shape == mask.shape == (V.BATCH, V.SEQ)
+    assert mask[0].all() and mask[1, -V.PAD :].sum() == 0 and int(ids.max()) < VOCAB
 
 
 def test_nothing_usable_fails_in_one_line() -> None:

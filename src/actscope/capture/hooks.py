@@ -106,6 +106,16 @@ def _replace(x: Tensor, part: tuple[int, int] | None, new: Tensor) -> Tensor:
     return torch.cat(chunks, dim=-1)
 
 
+def _scaled(value: Tensor, scale: float | None) -> Tensor:
+    """The site's value from the module's tensor: ``value x scale`` (``scale`` None: 1)."""
+    return value if scale is None else value * scale
+
+
+def _unscaled(new: Tensor, scale: float | None) -> Tensor:
+    """An edited site value mapped back to the module's tensor: ``new / scale``."""
+    return new if scale is None else new / scale
+
+
 def _mask_for(value: Tensor, state: ForwardState, site: Site) -> Tensor | None:
     """The declared padding mask fitted to ``value``'s (batch, seq); None when none is declared.
 
@@ -137,7 +147,9 @@ def attach(
     """Register hooks delivering ``site`` to ``fn(value, mask)``; return the owned handles.
 
     With ``edit=True`` a non-None return value of ``fn`` replaces the site's tensor in the
-    forward pass (only for sites whose ``mode`` is ``in`` or ``out``).
+    forward pass (only for sites whose ``mode`` is ``in`` or ``out``). A site with a ``scale``
+    delivers ``module tensor x scale`` (then the logits soft-cap, for ``logits``) and puts an
+    edit back as ``new / scale``, so an edit means the same on every family.
     """
     if edit and not site.editable:
         raise ActscopeError(
@@ -169,8 +181,8 @@ def _token_layer(sm: SiteMap, site: Site) -> str | None:
     """Path of the decoder layer holding an in/out site inside it (None for the layer itself).
 
     Any module inside a layer may receive or return the tokens flattened to (batch*seq, d)
-    (MoE blocks and their Linears, Llama 4's whole MoE block); the layer's own input tells
-    the (batch, seq) to restore.
+    (MoE blocks and their Linears, Llama 4's whole MoE block, OPT's MLP) or with a singleton
+    axis (batch, 1, seq, d); the layer's own input tells the (batch, seq) to restore.
     """
     if site.layer is None or site.mode not in ("in", "out"):
         return None
@@ -179,13 +191,21 @@ def _token_layer(sm: SiteMap, site: Site) -> str | None:
 
 
 def _unflatten(value: Tensor, state: ForwardState, flat: str | None) -> Tensor:
-    """``value`` as (batch, seq, d) when it holds the layer's batch*seq tokens as 2-D rows."""
-    if flat is None or value.dim() != 2:
+    """``value`` as (batch, seq, d) when it holds the layer's tokens in another layout.
+
+    Two layouts are reshaped: 2-D rows (batch*seq, d) (MoE blocks, OPT's MLP) and
+    (batch, 1, seq, d) (DeepSeek-V3's kv_b_proj sees its latents with a singleton head axis).
+    """
+    if flat is None or value.dim() not in (2, 4):
         return value
     shape = state.token_shape.get(flat)
-    if shape is None or value.shape[0] != shape.numel():
+    if shape is None or len(shape) != 2:
         return value
-    return value.reshape(*shape, value.shape[-1])
+    if value.dim() == 2 and value.shape[0] == shape.numel():
+        return value.reshape(*shape, value.shape[-1])
+    if value.dim() == 4 and value.shape[1] == 1 and (value.shape[0], value.shape[2]) == shape:
+        return value.squeeze(1)
+    return value
 
 
 def _in_hook(
@@ -194,11 +214,11 @@ def _in_hook(
     def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         x, where = _first_tensor(args, kwargs)
         raw = _select(x, site.part)
-        value = _unflatten(raw, state, flat)
+        value = _scaled(_unflatten(raw, state, flat), site.scale)
         new = fn(value, _mask_for(value, state, site))
         if not edit or new is None:
             return None
-        full = _replace(x, site.part, new.reshape(raw.shape))
+        full = _replace(x, site.part, _unscaled(new, site.scale).reshape(raw.shape))
         if isinstance(where, int):
             return (full, *args[1:]), kwargs
         return args, {**kwargs, where: full}
@@ -217,13 +237,13 @@ def _out_hook(
     def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         x = out[0] if isinstance(out, tuple) else out
         raw = _select(x, site.part)
-        value = _unflatten(raw, state, flat)
+        value = _scaled(_unflatten(raw, state, flat), site.scale)
         if softcap:
             value = torch.tanh(value / softcap) * softcap
         new = fn(value, _mask_for(value, state, site))
         if not edit or new is None:
             return None
-        full = _replace(x, site.part, new.reshape(raw.shape))
+        full = _replace(x, site.part, _unscaled(new, site.scale).reshape(raw.shape))
         return (full, *out[1:]) if isinstance(out, tuple) else full
 
     return hook
@@ -244,7 +264,7 @@ def _attach_router(
     _record_shape(sm.model.get_submodule(block), block, state, handles)
 
     def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        logits = out[0] if isinstance(out, tuple) else out
+        logits = out[site.output] if isinstance(out, tuple) else out
         value = logits.reshape(*state.token_shape[block], logits.shape[-1])
         fn(value, _mask_for(value, state, site))
 
@@ -276,7 +296,9 @@ def _attach_expert(
                     value = act
                 else:
                     weight = (w * hit).sum(-1, keepdim=True).to(act.dtype)
-                    value = nn.functional.linear(act, mod.down_proj[e]) * weight
+                    value = _scaled(
+                        nn.functional.linear(act, mod.down_proj[e]) * weight, site.scale
+                    )
         shape = state.token_shape[block]
         value = value.reshape(*shape, value.shape[-1])
         routed = routed.reshape(shape)
@@ -300,7 +322,7 @@ def _attach_derived(
 
     def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         a = out[0] if isinstance(out, tuple) else out
-        value = box.pop("pre") + a
+        value = box.pop("pre") + _scaled(a, attn_site.scale)
         fn(value, _mask_for(value, state, site))
 
     handles.add(layer.register_forward_pre_hook(pre, with_kwargs=True))

@@ -17,17 +17,19 @@ family name; the steps are:
    output of its last projection (residual added inside the module). A candidate set is kept
    only if ``resid_post == resid_mid + mlp_out`` and ``resid_mid == resid_pre + sum(mixers)``
    hold on the probe (resid_mid is the input of a module that runs between the mixers and the
-   MLP, or derived as resid_pre + attn_out when none holds it: parallel residual). Branches
-   scaled outside any module match no candidate and are not offered; the reason is recorded in
+   MLP, or derived as resid_pre + attn_out when none holds it: parallel residual). A branch
+   scaled outside any module is fitted with one least-squares factor per branch; its hook
+   carries that factor as a measured :class:`Scale` (capture multiplies by it). A branch that
+   is the sum of several modules' outputs is not offered; the reason is recorded in
    ``Adapter.dropped``.
 4. **Names.** Linear layers get the shared names (``q k v o qkv gate up down gate_up``, with
    ``shared_`` inside shared experts, the mixer kind as prefix inside SSM/conv mixers) when their
    attribute name and shape say their role; ``mlp_gate``/``mlp_act`` are checked against
    ``act(gate) * up == down_in`` with the config's activation when it is known.
-5. **Routers.** An MoE block's router is the child whose first output has one column per
-   expert; it is offered when ``W mlp_in (+ b)`` reproduces it.
-6. **Final check.** The resulting SiteMap is run through :mod:`actscope.sites.identities`;
-   any site that still fails is dropped with the identity and its error.
+5. **Routers.** An MoE block's router is the child with an output that has one column per
+   expert; the output (of a returned tuple) that ``W mlp_in (+ b)`` reproduces is offered.
+6. **Final check.** The resulting SiteMap is verified by :mod:`actscope.sites.verify` on its
+   probe; any site that still fails is dropped with the identity and its error.
 
 It fails with one line naming what it found when no decoder layers or no final norm exist.
 """
@@ -37,7 +39,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -76,12 +78,16 @@ _TOL = 1e-5
 
 @dataclass
 class _Rec:
-    """One module call on the probe: its first input/output tensors, start and end order."""
+    """One module call on the probe: its first input/output tensors, start and end order.
+
+    ``outs`` holds every tensor of a returned tuple (``out`` is the first).
+    """
 
     start: int
     end: int = -1
     inp: Tensor | None = None
     out: Tensor | None = None
+    outs: tuple[Tensor | None, ...] = ()
 
 
 @dataclass
@@ -93,6 +99,7 @@ class _Layer:
     dropped: dict[str, str] = field(default_factory=dict)
     derived_mid: bool = False
     router: str | None = None
+    router_output: int = 0
     experts: str | None = None
 
 
@@ -177,7 +184,7 @@ def _first(x: Any) -> Tensor | None:
 def _probe(model: nn.Module, layers_name: str) -> tuple[dict[str, _Rec], Tensor]:
     """Record every module's first input/output during one probe forward pass."""
     from actscope.capture.runner import forward
-    from actscope.sites.identities import probe_inputs
+    from actscope.sites.verify import probe_ids  # verify imports the SiteMap, which imports us
 
     recs: dict[str, _Rec] = {}
     counter = itertools.count()
@@ -200,6 +207,10 @@ def _probe(model: nn.Module, layers_name: str) -> tuple[dict[str, _Rec], Tensor]
             if r is not None and r.end < 0:
                 o = _first(out)
                 r.end, r.out = next(counter), o.detach().clone() if o is not None else None
+                if isinstance(out, tuple) and len(out) > 1:
+                    r.outs = tuple(
+                        x.detach().clone() if isinstance(x, Tensor) else None for x in out
+                    )
 
         return hook
 
@@ -208,7 +219,7 @@ def _probe(model: nn.Module, layers_name: str) -> tuple[dict[str, _Rec], Tensor]
             if name:
                 handles.append(mod.register_forward_pre_hook(pre(name), with_kwargs=True))
                 handles.append(mod.register_forward_hook(post(name)))
-        ids, mask = probe_inputs(int(model.get_input_embeddings().weight.shape[0]))
+        ids, mask = probe_ids(model, None)
         dev = next(model.parameters()).device
         with torch.inference_mode():
             logits = forward(model, ids.to(dev), mask.to(dev)).logits
@@ -219,11 +230,11 @@ def _probe(model: nn.Module, layers_name: str) -> tuple[dict[str, _Rec], Tensor]
 
 
 def _err(a: Tensor | None, b: Tensor | None) -> float:
-    from actscope.sites.identities import error  # identities imports the SiteMap, which imports us
+    from actscope.sites.verify import rel_error
 
     if a is None or b is None:
         return float("inf")
-    return error(a, b)
+    return rel_error(a, b)
 
 
 # one layer ------------------------------------------------------------------------------------
@@ -345,21 +356,15 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
             break
     if mid is not None:
         res.sites["resid_mid"] = mid
-    if mlp_out is not None and len(mlp_out) == 1 and mlp_coefs[0] == 1.0:
-        res.sites["mlp_out"] = mlp_out[0]
-    elif mlp_out is not None and len(mlp_out) == 1:
-        res.dropped["mlp_out"] = _scaled_reason(mlp_out[0], mlp_coefs[0])
+    if mlp_out is not None and len(mlp_out) == 1:
+        res.sites["mlp_out"] = _with_scale(mlp_out[0], mlp_coefs[0])
     elif mlp_out is not None:
         parts = ", ".join(f"{c:g} x {h.module}" for h, c in zip(mlp_out, mlp_coefs, strict=True))
         res.dropped["mlp_out"] = f"the MLP part is the sum {parts}: no single tensor holds it"
     elif mlp_cands:
         res.dropped["mlp_out"] = "no tensor of the layer equals resid_post - resid_mid"
     for r, h, c in zip(mixers, chosen or [], coefs_mix, strict=False):
-        kind = MIXER_KINDS[kinds[r]][1]
-        if c == 1.0:
-            res.sites[kind] = h
-        else:
-            res.dropped[kind] = _scaled_reason(h, c)
+        res.sites[MIXER_KINDS[kinds[r]][1]] = _with_scale(h, c)
     if chosen is None:
         for r in mixers:
             res.dropped[MIXER_KINDS[kinds[r]][1]] = (
@@ -427,11 +432,14 @@ def _total(base: Tensor, vals: list[Tensor]) -> Tensor:
     return out
 
 
-def _scaled_reason(h: Hook, coef: float) -> str:
-    return (
-        f"what the branch adds is {coef:g} x the output of {h.module or 'the layer'}: "
-        "scaled outside any module, so no hooked tensor holds it"
-    )
+def _with_scale(h: Hook, coef: float) -> Hook:
+    """``h``, carrying the measured factor when the branch is scaled outside any module.
+
+    The factor is rounded to 5 significant digits (the fit's float32 noise is below that), so
+    every layer of a family measures the same one.
+    """
+    coef = float(f"{coef:.5g}")
+    return h if coef == 1.0 else replace(h, scale=Scale(value=coef))
 
 
 def _find_mlp(
@@ -516,9 +524,11 @@ def _name_linears(
             name = rel.replace(".", "_")
         res.linears[name] = rel
         x = rec(rel).inp
-        # MoE blocks hand their Linears flattened rows; capture reshapes them (router known).
-        flat_ok = bool(router and mlp and rel.startswith(mlp + ".") and x is not None)
-        flat_ok = flat_ok and x.dim() == 2 and x.shape[0] == tokens[0] * tokens[1]  # type: ignore[union-attr]
+        # Capture reshapes (batch*seq, d) rows and (batch, 1, seq, d) inside a layer.
+        flat_ok = x is not None and (
+            (x.dim() == 2 and x.shape[0] == tokens[0] * tokens[1])
+            or (x.dim() == 4 and x.shape[1] == 1 and (x.shape[0], x.shape[2]) == tokens)
+        )
         if x is None or (tuple(x.shape[:2]) != tokens and not flat_ok):
             for port in ("in", "out"):
                 res.dropped[f"{name}_{port}"] = (
@@ -606,22 +616,30 @@ def _router(res: _Layer, subs: dict[str, nn.Module], mlp: str | None, rec: Any) 
     )
     if not n:
         return
+    from actscope.sites.verify import router_weight
+
     for r, m in children.items():
-        o = rec(r).out
-        if r == experts or "shared" in r or o is None or o.shape[-1] != n:
+        outs = rec(r).outs or (rec(r).out,)
+        cands = [j for j, o in enumerate(outs) if o is not None and o.shape[-1] == n]
+        if r == experts or "shared" in r or not cands:
             continue
         res.router = r
-        from actscope.sites.identities import router_weight
-
-        w = router_weight(m)
-        x = rec(mlp).inp
-        bad = w is None or x is None
+        w, x = router_weight(m), rec(mlp).inp
+        z = None
         if w is not None and x is not None:
             with torch.inference_mode():
                 z = nn.functional.linear(x.to(w[0].dtype), *w)
-            bad = z.numel() != o.numel() or _err(z.reshape(o.shape).to(o.dtype), o) > 1e-4
-        if bad:
-            res.dropped["router_logits"] = "the router's first output is not W mlp_in (+ b)"
+        # The output that holds the logits: W mlp_in (+ b), whatever its place in the tuple.
+        good = [
+            j
+            for j in cands
+            if z is not None
+            and z.numel() == outs[j].numel()  # type: ignore[union-attr]
+            and _err(z.reshape(outs[j].shape).to(outs[j].dtype), outs[j]) <= 1e-4  # type: ignore[union-attr]
+        ]
+        res.router_output = good[0] if good else cands[0]
+        if not good:
+            res.dropped["router_logits"] = "no output of the router is W mlp_in (+ b)"
         res.sites["router_logits"] = Hook(r, "out")
         break
     gu, dn = getattr(em, "gate_up_proj", None), getattr(em, "down_proj", None)
@@ -671,8 +689,8 @@ def _merge(
         for name, reason in lay.dropped.items():
             if name not in sites:
                 dropped[f"{name}.{i}"] = reason
-    routers = Counter(lay.router for lay in per_layer if lay.router)
-    router = routers.most_common(1)[0][0] if routers else None
+    routers = Counter((lay.router, lay.router_output) for lay in per_layer if lay.router)
+    router, router_output = routers.most_common(1)[0][0] if routers else (None, 0)
     experts = next((lay.experts for lay in per_layer if lay.experts), None)
     derived = any(lay.derived_mid for lay in per_layer) and "resid_mid" not in sites
     logits_scale, logit_drop = _logits_scale(model, recs, head_name, logits)
@@ -686,6 +704,7 @@ def _merge(
         layer_sites=ordered,
         linears=linears,
         router=router,
+        router_output=router_output,
         experts=experts,
         parallel_residual=(lambda cfg: True) if derived else (lambda cfg: False),
         logits_scale=logits_scale,
@@ -736,15 +755,11 @@ def _logits_scale(
 
 
 def _verified(model: nn.Module, adapter: Adapter) -> Adapter:
-    """Drop every site of the discovered map that fails an identity on the probe."""
-    from actscope.sites.identities import check_sitemap, failures
+    """The discovered table, with every site that fails verification on the probe dropped."""
     from actscope.sites.sitemap import SiteMap
+    from actscope.sites.verify import verify_sitemap
 
-    sm = SiteMap(model, adapter)
-    bad: dict[str, str] = {}
-    for name, reason in failures(check_sitemap(sm)).items():
-        hits = [name] if name in sm else [n for n in sm.names if n.startswith(name + ".")]
-        bad.update(dict.fromkeys(hits, reason))
-    if not bad:
+    res = verify_sitemap(model, SiteMap(model, adapter))
+    if res.error is not None or not res.dropped:
         return adapter
-    return Adapter(**{**adapter.__dict__, "dropped": {**adapter.dropped, **bad}})
+    return replace(adapter, dropped={**adapter.dropped, **res.dropped})

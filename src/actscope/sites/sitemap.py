@@ -11,6 +11,7 @@ from torch import nn
 
 from actscope.errors import LayerOutOfRangeError, UnknownSiteError, suggest
 from actscope.sites.adapters import Adapter, adapter_for
+from actscope.sites.adapters.base import Scale
 from actscope.sites.discovery import discover
 from actscope.sites.vocabulary import EXPERT_KINDS, LAYER_KINDS
 
@@ -24,9 +25,14 @@ class Site:
     """One named tensor of the forward pass.
 
     ``mode`` says how it is obtained: ``in``/``out`` of ``module`` (editable), ``router``
-    (first output of the MoE router, reshaped to (batch, seq, experts)), ``expert``
+    (output number ``output`` of the MoE router, reshaped to (batch, seq, experts)), ``expert``
     (recomputed from the fused expert weights) or ``derived`` (resid_mid = resid_pre +
     attn_out on parallel-residual families). Only ``in``/``out`` sites can be edited.
+
+    ``scale`` is a factor the family applies to the hooked tensor outside any module (Granite's
+    ``residual_multiplier``, Cohere's ``logit_scale``): the site's value is
+    ``module tensor x scale``, and an edit is made on that value and divided by ``scale``
+    before it goes back into the forward pass. None means 1.
     """
 
     name: str
@@ -36,6 +42,8 @@ class Site:
     module: str
     mode: Mode
     part: tuple[int, int] | None = None
+    scale: float | None = None
+    output: int = 0
 
     @property
     def editable(self) -> bool:
@@ -85,7 +93,8 @@ class SiteMap:
                 name = f"{kind}.{i}"
                 if kind == "router_logits":
                     if a.router and f"{base}.{a.router}" in modules and not self._drop(name, kind):
-                        self._add(Site(name, kind, i, None, f"{base}.{a.router}", "router"))
+                        path, out = f"{base}.{a.router}", a.router_output
+                        self._add(Site(name, kind, i, None, path, "router", output=out))
                     continue
                 if kind == "resid_mid" and self.parallel:
                     if f"attn_out.{i}" in self._sites and not self._drop(name, kind):
@@ -94,14 +103,9 @@ class SiteMap:
                 if kind not in present or self._drop(name, kind):
                     continue
                 h = present[kind]
-                if h.scale is not None and h.scale.factor(self.config) != 1.0:
-                    self.dropped[name] = (
-                        f"the family scales it by {h.scale.describe()} = "
-                        f"{h.scale.factor(self.config):g} outside any module"
-                    )
-                    continue
                 path = f"{base}.{h.module}" if h.module else base
-                self._add(Site(name, kind, i, None, path, h.port, h.part))
+                scale = _factor(h.scale, self.config)
+                self._add(Site(name, kind, i, None, path, h.port, h.part, scale))
             for lin, rel in a.linears.items():
                 if f"{base}.{rel}" in modules:
                     for port in ("in", "out"):
@@ -109,20 +113,21 @@ class SiteMap:
                         if not self._drop(name, f"{lin}_{port}"):
                             self._add(Site(name, f"{lin}_{port}", i, None, f"{base}.{rel}", port))
             if a.experts and f"{base}.{a.experts}" in modules:
+                # expert_out is a contribution to mlp_out: it carries mlp_out's scale.
+                mlp_scale = _factor(
+                    getattr(a.layer_sites.get("mlp_out"), "scale", None), self.config
+                )
                 for e in range(self.n_experts):
                     for kind in EXPERT_KINDS:
                         name = f"{kind}.{i}.{e}"
                         if not self._drop(name, kind):
-                            self._add(Site(name, kind, i, e, f"{base}.{a.experts}", "expert"))
+                            scale = mlp_scale if kind == "expert_out" else None
+                            path = f"{base}.{a.experts}"
+                            self._add(Site(name, kind, i, e, path, "expert", None, scale))
         self._add(Site("final_norm", "final_norm", None, None, a.final_norm, "out"))
-        scale = a.logits_scale.factor(self.config) if a.logits_scale else 1.0
-        if scale != 1.0 and a.logits_scale is not None:
-            self.dropped["logits"] = (
-                f"the family scales the lm_head output by {a.logits_scale.describe()} = "
-                f"{scale:g} outside any module"
-            )
-        elif not self._drop("logits", "logits"):
-            self._add(Site("logits", "logits", None, None, self.lm_head, "out"))
+        if not self._drop("logits", "logits"):
+            scale = _factor(a.logits_scale, self.config)
+            self._add(Site("logits", "logits", None, None, self.lm_head, "out", None, scale))
         for name, reason in a.dropped.items():  # named sites whose module the table lacks
             if _NAME.match(name) and "." in name and name not in self._sites:
                 self.dropped.setdefault(name, reason)
@@ -243,6 +248,12 @@ class SiteMap:
             "parallel_residual": self.parallel,
             "logit_softcap": self.softcap,
         }
+
+
+def _factor(scale: Scale | None, cfg: Any) -> float | None:
+    """The factor of ``scale`` on this config; None when there is none or it is 1."""
+    f = None if scale is None else scale.factor(cfg)
+    return None if f is None or f == 1.0 else f
 
 
 def _exists(modules: dict[str, nn.Module], base: str, rel: str) -> bool:

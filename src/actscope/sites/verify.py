@@ -10,12 +10,19 @@ second row right-padded by 2) with every site observed, and checks on the real t
   ``resid_post = resid_pre + attn_out + mlp_out`` (the last one also where ``resid_mid`` is
   derived or absent);
 * ``logits`` = the logits the model returns, and those logits recomputed from ``final_norm``
-  through the LM head, with the family's final scaling or soft-capping (the config's
-  ``final_logit_softcapping``, ``logits_scaling``, ``logit_scale``, ``lm_head_multiplier``
-  or ``output_multiplier``);
+  through the LM head, with the site map's logits :class:`~actscope.sites.adapters.Scale` and
+  soft-cap (or, when those do not fit, whichever of the config's ``final_logit_softcapping``,
+  ``logits_scaling``, ``logit_scale``, ``lm_head_multiplier``, ``output_multiplier`` fits);
 * ``mlp_act = down_in`` and ``mlp_gate = gate_out`` where both sites exist (a projection's
   own ``_in``/``_out`` are its call's argument and result: nothing to check there);
-* every site shaped (batch, seq, ...).
+* ``router_logits = W mlp_in (+ b)`` for a router that is one linear map;
+* ``sum_e expert_out.e (+ shared_down_out, gated by sigmoid(shared_expert_gate mlp_in) where
+  the block has that gate) = mlp_out``;
+* every site produces a value on the probe, shaped (batch, seq, ...).
+
+On hybrid layers ``attn_out`` above stands for the sum of the layer's token-mixer outputs
+(``attn_out``, ``ssm_out``, ``linattn_out``, ``conv_out``: ``MIXER_OUT_KINDS``), and a layer
+without an MLP (Mamba) checks ``resid_post = resid_pre + ssm_out``.
 
 Error of an identity ``lhs = rhs``: ``max abs err = max |lhs - rhs|`` and
 ``rel err = max over tokens t of max_d |lhs - rhs|_td / max_d max_terms |term|_td``: the worst
@@ -59,6 +66,7 @@ from actscope.capture.runner import forward
 from actscope.errors import UnsupportedFamilyError
 from actscope.models.paths import cache_root
 from actscope.sites.sitemap import SiteMap
+from actscope.sites.vocabulary import MIXER_OUT_KINDS
 from actscope.utils.atomic import atomic_write_text
 from actscope.utils.devices import input_device
 from actscope.utils.hashing import sha256_text
@@ -73,13 +81,8 @@ TOLERANCE: dict[torch.dtype, float] = {
 }
 """Largest relative error (see the module docstring) an identity may show, per model dtype."""
 
-FORMAT = 3
+FORMAT = 4
 """Version of the checks; part of the cache key, so changing the checks invalidates it."""
-
-PARALLEL_BRANCHES: tuple[str, ...] = ()
-"""Kinds of residual branches beside ``attn_out`` and ``mlp_out`` (a hybrid's SSM mixer next
-to attention, say): where a layer has them, ``resid_post = resid_pre + attn_out + mlp_out``
-includes them. Empty until the vocabulary names such a kind."""
 
 BATCH, SEQ, PAD = 2, 6, 2
 _TINY = 1e-30
@@ -95,7 +98,7 @@ class Check:
 
     ``site`` is the site the identity is written for (its left-hand side), ``identity`` the
     formula without layer indices, ``status`` ``pass``, ``fail`` or ``skipped`` (could not be
-    evaluated: the reason is in ``note``).
+    evaluated: the reason is in ``note``), ``involves`` every site the identity contains.
     """
 
     site: str
@@ -105,6 +108,7 @@ class Check:
     rel_err: float
     status: str
     note: str = ""
+    involves: tuple[str, ...] = ()
 
 
 @dataclass
@@ -171,18 +175,24 @@ class Verification:
             )
         return list(rows.values())
 
+    def checked(self) -> set[str]:
+        """Every site some evaluated (passing or failing) identity contains."""
+        return {n for c in self.checks if c.status != "skipped" for n in (c.site, *c.involves)}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verification:
         d = dict(d)
-        d["checks"] = [Check(**c) for c in d.get("checks", [])]
+        d["checks"] = [
+            Check(**{**c, "involves": tuple(c.get("involves", ()))}) for c in d.get("checks", [])
+        ]
         return cls(**d)
 
 
 # the probe ------------------------------------------------------------------------------------
-def _probe_ids(model: nn.Module, tokenizer: Any) -> tuple[Tensor, Tensor]:
+def probe_ids(model: nn.Module, tokenizer: Any) -> tuple[Tensor, Tensor]:
     """(BATCH, SEQ) token ids and attention mask; row 1 is right-padded by PAD tokens."""
     vocab = int(model.get_input_embeddings().weight.shape[0])
     ids = (torch.arange(BATCH * SEQ).reshape(BATCH, SEQ) * 7919 + 11) % max(vocab - 1, 1)
@@ -235,7 +245,7 @@ def _run_probe(
     model: nn.Module, sm: SiteMap, tokenizer: Any
 ) -> tuple[dict[str, Tensor], set[str], Tensor | None, Tensor]:
     """Values of every site at hook time, the sites written in place later, logits, mask."""
-    ids, mask = _probe_ids(model, tokenizer)
+    ids, mask = probe_ids(model, tokenizer)
     dev = input_device(model)
     ids, mask = ids.to(dev), mask.to(dev)
     snap: dict[str, Tensor] = {}
@@ -252,7 +262,7 @@ def _run_probe(
     handles = Handles()
     try:
         for site in sm.resolve("all"):
-            if site.mode == "expert" and site.expert != 0:
+            if site.mode == "expert" and site.expert != 0 and site.kind != "expert_out":
                 continue  # the same computation for every expert: expert 0 stands for them
             handles.items += attach(sm, site, keeper(site.name), state).items
         with torch.inference_mode():
@@ -292,6 +302,15 @@ def _errors(lhs: Tensor, rhs: Tensor, terms: list[Tensor], real: Tensor) -> tupl
     return err, worst
 
 
+def rel_error(lhs: Tensor, rhs: Tensor) -> float:
+    """The ``rel err`` of ``lhs = rhs`` (module docstring) with ``rhs`` as the only operand,
+    every vector along the last dimension counted as one token; inf when the shapes differ."""
+    if lhs.shape != rhs.shape or lhs.dim() == 0:
+        return float("inf")
+    a, b = (t.reshape(1, -1, t.shape[-1]) for t in (lhs, rhs))
+    return _errors(a, b, [b], torch.ones(b.shape[:2], dtype=torch.bool, device=b.device))[1]
+
+
 def _logit_transforms(model: nn.Module) -> list[tuple[str, Callable[[Tensor], Tensor]]]:
     """The final scalings families apply to ``lm_head(final_norm)``, read from the config."""
     cfg = model.config
@@ -320,7 +339,7 @@ def _sum64(terms: list[Tensor]) -> Tensor:
 
 
 def _identities(
-    sm: SiteMap, r: dict[str, Tensor], logits: Tensor | None, real: Tensor
+    sm: SiteMap, r: dict[str, Tensor], logits: Tensor | None, real: Tensor, tol: float
 ) -> list[_Identity]:
     """Every identity whose sites were all captured (``r``: site -> value at hook time)."""
     ids: list[_Identity] = []
@@ -341,22 +360,40 @@ def _identities(
 
     add("embed = resid_pre.0", "embed", ("resid_pre.0",), ("embed",))
     for i in range(sm.n_layers):
-        pre, a, mid, m, post = (
-            f"{k}.{i}" for k in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+        pre, mid, m, post = (
+            f"{k}.{i}" for k in ("resid_pre", "resid_mid", "mlp_out", "resid_post")
         )
-        if not (mid in sm and sm.get(mid).mode == "derived"):
-            add("resid_mid = resid_pre + attn_out", mid, (pre, a), (mid, a))
+        # The layer's mixer outputs (attn_out, ssm_out, ...): every one must be captured.
+        mixers = tuple(f"{k}.{i}" for k in MIXER_OUT_KINDS if f"{k}.{i}" in sm or f"{k}.{i}" in r)
+        if (
+            not mixers
+            or any(n not in r for n in mixers)
+            or any(f"{k}.{i}" in sm.dropped for k in MIXER_OUT_KINDS)
+        ):
+            mixers = ()
+        mix = " + ".join(n.split(".")[0] for n in mixers)
+        derived = mid in sm and sm.get(mid).mode == "derived"  # computed as that sum: it checks
+        if mixers:  # the capture of the derived site, and blames nothing else
+            add(
+                f"resid_mid = resid_pre + {mix}",
+                mid,
+                (pre, *mixers),
+                (mid,) if derived else (mid, *mixers),
+            )
+        if not derived:
             add("resid_post = resid_mid + mlp_out", post, (mid, m), (mid, m))
-        extra = tuple(n for n in (f"{k}.{i}" for k in PARALLEL_BRANCHES) if n in r)
-        if a in r and m in r:
-            kinds = ["attn_out", "mlp_out", *(n.split(".")[0] for n in extra)]
-            text = "resid_post = resid_pre + " + " + ".join(kinds)
-            add(text, post, (pre, a, m, *extra), (a, m, *extra))
+        if mixers and m in r:
+            add(f"resid_post = resid_pre + {mix} + mlp_out", post, (pre, *mixers, m), (*mixers, m))
+        no_mlp = f"mlp_in.{i}" not in sm and m not in sm and m not in sm.dropped
+        if mixers and no_mlp and mid not in sm:
+            add(f"resid_post = resid_pre + {mix} (no MLP)", post, (pre, *mixers), mixers)
         if i + 1 < sm.n_layers:
             nxt = f"resid_pre.{i + 1}"
             add("resid_post = resid_pre of the next layer", post, (nxt,), (post, nxt))
         add("mlp_act = down_in", f"mlp_act.{i}", (f"down_in.{i}",), (f"mlp_act.{i}",))
         add("mlp_gate = gate_out", f"mlp_gate.{i}", (f"gate_out.{i}",), (f"mlp_gate.{i}",))
+        _add_router(sm, r, i, ids)
+        _add_experts(sm, r, i, ids)
     if logits is not None:
         if "logits" in r:
             ids.append(
@@ -370,21 +407,115 @@ def _identities(
                 )
             )
         if "final_norm" in r:
-            _add_final_norm(sm, r, logits, real, ids)
+            _add_final_norm(sm, r, logits, real, ids, tol)
     return ids
 
 
+def router_weight(mod: nn.Module) -> tuple[Tensor, Tensor | None] | None:
+    """(weight, bias) of a router that is one linear map: its own, or its only Linear child."""
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, Tensor):
+        lins = [m for m in mod.modules() if isinstance(m, nn.Linear)]
+        if len(lins) != 1:
+            return None
+        mod, w = lins[0], lins[0].weight
+    if w.dim() != 2:
+        return None
+    b = getattr(mod, "bias", None)
+    return w, b if isinstance(b, Tensor) else None
+
+
+def _add_router(sm: SiteMap, r: dict[str, Tensor], i: int, ids: list[_Identity]) -> None:
+    """``router_logits = W mlp_in (+ b)`` for a router that is one linear map."""
+    name, x = f"router_logits.{i}", f"mlp_in.{i}"
+    if name not in r or x not in r:
+        return
+    w = router_weight(sm.module(sm.get(name)))
+    if w is None or w[0].shape[0] != r[name].shape[-1] or w[0].shape[1] != r[x].shape[-1]:
+        return
+    weight, bias = w[0].double(), None if w[1] is None else w[1].double()
+
+    def compute() -> tuple[Tensor, Tensor, list[Tensor]]:
+        z = nn.functional.linear(r[x].double(), weight, bias)
+        return r[name], z, [z]
+
+    ids.append(
+        _Identity(
+            name, "router_logits", "router_logits = W mlp_in (+ b)", (name,), (name,), compute
+        )
+    )
+
+
+def _add_experts(sm: SiteMap, r: dict[str, Tensor], i: int, ids: list[_Identity]) -> None:
+    """``sum_e expert_out.e (+ the shared expert's output) = mlp_out``.
+
+    The shared expert's output is ``shared_down_out``, gated by ``sigmoid(shared_expert_gate
+    mlp_in)`` where the MoE block has such a gate (Qwen2-MoE). Not formed when a shared expert
+    exists whose output is not captured, or when an expert's output is missing.
+    """
+    m = f"mlp_out.{i}"
+    experts = [n for n in sm.names if n.startswith(f"expert_out.{i}.")]
+    if m not in r or not experts or any(n not in r for n in experts):
+        return
+    shared = f"shared_down_out.{i}"
+    text = "sum_e expert_out"
+    gate = None
+    if shared in r:
+        block = sm.get(experts[0]).module.rsplit(".", 1)[0]
+        g = getattr(sm.model.get_submodule(block), "shared_expert_gate", None)
+        if isinstance(g, nn.Linear):
+            if f"mlp_in.{i}" not in r:
+                return
+            gate = g
+            text += " + sigmoid(shared_expert_gate mlp_in) shared_down_out"
+        else:
+            text += " + shared_down_out"
+    elif any(n.startswith("shared_") and n.endswith(f".{i}") for n in sm.names):
+        return  # a shared expert whose output is not offered: the sum cannot be formed
+
+    def compute() -> tuple[Tensor, Tensor, list[Tensor]]:
+        terms = [r[n] for n in experts]
+        if shared in r:
+            s = r[shared]
+            if gate is not None:
+                g = torch.sigmoid(
+                    nn.functional.linear(
+                        r[f"mlp_in.{i}"].double(),
+                        gate.weight.double(),
+                        None if gate.bias is None else gate.bias.double(),
+                    )
+                )
+                s = g * s.double()
+            terms.append(s)
+        return r[m], _sum64(terms), terms
+
+    ids.append(
+        _Identity(m, "expert_out", f"{text} = mlp_out", (m, *experts), tuple(experts), compute)
+    )
+
+
 def _add_final_norm(
-    sm: SiteMap, r: dict[str, Tensor], logits: Tensor, real: Tensor, ids: list[_Identity]
+    sm: SiteMap,
+    r: dict[str, Tensor],
+    logits: Tensor,
+    real: Tensor,
+    ids: list[_Identity],
+    tol: float,
 ) -> None:
-    """``logits = T(lm_head(final_norm))`` with the family's final transform T that fits best."""
+    """``logits = T(lm_head(final_norm))``: T is the site map's own (the adapter's logits
+    :class:`Scale`, then the soft-cap) when it fits, else the config's transform that fits
+    best (so a missing scale shows up as ``logits`` failing while ``final_norm`` passes)."""
     head = sm.model.get_output_embeddings()
     with torch.inference_mode():
         base = head(r["final_norm"])
-    best = min(
-        _logit_transforms(sm.model), key=lambda t: _errors(logits, t[1](base), [logits], real)[1]
-    )
-    text, fn = best
+    own = _own_transform(sm)
+    if _errors(logits, own[1](base), [logits], real)[1] <= tol:
+        text, fn = own
+    else:
+        text, fn = min(
+            _logit_transforms(sm.model),
+            key=lambda t: _errors(logits, t[1](base), [logits], real)[1],
+        )
     ids.append(
         _Identity(
             "final_norm",
@@ -395,6 +526,23 @@ def _add_final_norm(
             lambda: (logits, fn(base), [logits]),
         )
     )
+
+
+def _own_transform(sm: SiteMap) -> tuple[str, Callable[[Tensor], Tensor]]:
+    """The site map's map from ``lm_head(final_norm)`` to the logits: scale, then soft-cap."""
+    a, cap = sm.adapter.logits_scale, sm.softcap
+    f = a.factor(sm.config) if a is not None else 1.0
+    text = "lm_head(final_norm)"
+    if f != 1.0 and a is not None:
+        text += f" x {a.describe()}"
+    if cap:
+        text = f"cap*tanh({text}/cap)"
+
+    def fn(x: Tensor) -> Tensor:
+        z = x * f if f != 1.0 else x
+        return torch.tanh(z / cap) * cap if cap else z
+
+    return text, fn
 
 
 # verification ---------------------------------------------------------------------------------
@@ -437,6 +585,17 @@ def _check(
     """The checks of every identity and shape, and the sites to drop (site -> reason)."""
     checks: list[Check] = []
     dropped: dict[str, str] = {}
+    for site in sitemap.resolve("all"):  # a hook that never fires: a site that silently is not
+        probed = (
+            site.name
+            if site.mode != "expert" or site.kind == "expert_out"
+            else (f"{site.kind}.{site.layer}.0")
+        )
+        if probed not in values:
+            checks.append(
+                Check(site.name, site.kind, "produced on the probe", math.inf, math.inf, "fail")
+            )
+            dropped[site.name] = "produced no value on the probe (its hook never ran)"
     for name, v in values.items():
         if not _is_token_shaped(v):
             shape = "x".join(map(str, v.shape))
@@ -454,18 +613,16 @@ def _check(
             dropped[name] = f"its shape {shape} is not (batch, seq, ...) = ({BATCH}, {SEQ}, ...)"
     shaped = {n: v for n, v in values.items() if n not in dropped}
     results: list[tuple[_Identity, Check]] = []
-    for ident in _identities(sitemap, shaped, logits, real):
+    for ident in _identities(sitemap, shaped, logits, real, tol):
         try:
             lhs, rhs, terms = ident.compute()
             err, rel = _errors(lhs, rhs, terms, real)
         except Exception as exc:  # e.g. an LM head that needs more than final_norm
-            checks.append(
-                Check(ident.site, ident.kind, ident.text, 0.0, 0.0, "skipped", type(exc).__name__)
-            )
+            note = type(exc).__name__
+            checks.append(Check(ident.site, ident.kind, ident.text, 0.0, 0.0, "skipped", note))
             continue
-        check = Check(
-            ident.site, ident.kind, ident.text, err, rel, "pass" if rel <= tol else "fail"
-        )
+        status = "pass" if rel <= tol else "fail"
+        check = Check(ident.site, ident.kind, ident.text, err, rel, status, "", ident.involves)
         results.append((ident, check))
         checks.append(check)
     supported = {n for ident, c in results if c.status == "pass" for n in ident.involves}
@@ -484,7 +641,7 @@ def _check(
 # applying it, with a cache ---------------------------------------------------------------------
 def _cache_file(model: nn.Module, sm: SiteMap, file_hash: str) -> Path:
 
-    sites = [(s.name, s.module, s.mode, s.part) for s in sm.resolve("all")]
+    sites = [(s.name, s.module, s.mode, s.part, s.scale) for s in sm.resolve("all")]
     run = [
         str(model.get_input_embeddings().weight.dtype),
         input_device(model).type,

@@ -15,10 +15,12 @@ Family quirks are named mechanisms of the table, never ``if family == ...`` bran
 * **parallel residual**: ``parallel_residual(cfg)``; resid_mid is then derived as
   resid_pre + attn_out;
 * **scaled branch / scaled logits** (Granite ``residual_multiplier``, Cohere ``logit_scale``):
-  :class:`Scale` on the hook or on ``logits_scale``. A scale that is not 1 is applied outside
-  every module, so no hooked tensor holds the scaled value: the SiteMap does not offer the site
-  and records why (``SiteMap.dropped``); the identity checks use ``logits_scale`` to recompute
-  the logits from ``final_norm``;
+  :class:`Scale` on the hook or on ``logits_scale``. The family multiplies the module's tensor
+  outside every module; the site's value is ``module tensor x factor`` (capture applies it, and
+  maps an edit back by dividing), so ``attn_out`` is still what the branch adds and ``logits``
+  still the model's logits; verification recomputes the logits from ``final_norm`` with it;
+* **router output**: ``router_output`` is the element of the router's returned tuple that holds
+  the logits (Llama 4's router returns ``(scores, logits)``);
 * **not held by any tensor**: ``dropped`` maps a kind (or one site name) to the reason it is not
   offered.
 """
@@ -81,6 +83,7 @@ class Adapter:
     layer_sites: dict[str, Hook]
     linears: dict[str, str]
     router: str | None = None
+    router_output: int = 0
     experts: str | None = None
     parallel_residual: Callable[[Any], bool] = field(default=lambda cfg: False)
     logits_scale: Scale | None = None

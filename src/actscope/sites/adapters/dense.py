@@ -17,7 +17,6 @@ _POST_NORMED = std_sites(
     mlp_out=Hook("post_feedforward_layernorm", "out"),
 )
 _QKVO = {"q": "q_proj", "k": "k_proj", "v": "v_proj"}
-_UP_DOWN = ("up_in", "up_out", "down_in", "down_out")
 
 DENSE: list[Adapter] = [
     Adapter(
@@ -210,7 +209,8 @@ DENSE: list[Adapter] = [
     ),
     Adapter(
         # OPT: fc1/fc2 sit directly in the layer, and the layer flattens the rows to
-        # (batch*seq, d) before its MLP part; final_layer_norm is the pre-MLP norm.
+        # (batch*seq, d) before its MLP part (capture reshapes them); final_layer_norm is the
+        # pre-MLP norm.
         families=("opt",),
         layers="model.decoder.layers",
         final_norm="model.decoder.final_layer_norm",
@@ -223,10 +223,6 @@ DENSE: list[Adapter] = [
         ),
         linears={**linears(**_QKVO, o="out_proj"), "up": "fc1", "down": "fc2"},
         parallel_residual=lambda cfg: True,
-        dropped={
-            kind: "OPT flattens the MLP's rows to (batch*seq, d) inside the layer"
-            for kind in (*("mlp_in", "mlp_gate", "mlp_act", "mlp_out"), *_UP_DOWN)
-        },
         notes="pre-LayerNorm OPT (do_layer_norm_before=True, all sizes but 350m); resid_mid "
         "is derived as resid_pre + attn_out because its only module input is flattened",
     ),

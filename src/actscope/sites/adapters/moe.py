@@ -76,10 +76,6 @@ MOE: list[Adapter] = [
         },
         router="mlp.gate",
         experts="mlp.experts",
-        dropped={
-            "kv_b_in": "kv_b_proj is not applied to (batch, seq, d) rows",
-            "kv_b_out": "kv_b_proj is not applied to (batch, seq, d) rows",
-        },
     ),
     Adapter(
         # gpt-oss experts use interleaved gate/up with biases and a clamped SwiGLU: no
@@ -93,22 +89,20 @@ MOE: list[Adapter] = [
     ),
     Adapter(
         # Llama 4 (text): dense and MoE layers interleaved under feed_forward. A MoE block
-        # returns flattened (batch*seq, d) rows, so mlp_out hooks the dense MLP's down
-        # projection (its output is the MLP's output) and is offered on dense layers only.
+        # returns (flattened (batch*seq, d) rows, router logits); capture takes the rows and
+        # reshapes them, so mlp_out is the block's output on every layer.
         families=("llama4_text",),
         layers="model.layers",
         final_norm="model.norm",
-        layer_sites=std_sites(mlp="feed_forward", mlp_out=Hook("feed_forward.down_proj", "out")),
+        layer_sites=std_sites(mlp="feed_forward"),
         linears={
             **{k: v.replace("mlp.", "feed_forward.") for k, v in LLAMA_LINEARS.items()},
             **{k: v.replace("mlp.", "feed_forward.") for k, v in _SHARED.items()},
         },
         router="feed_forward.router",
-        dropped={
-            "router_logits": "Llama4Router's first output is the sigmoid of the top-k scores, "
-            "not the logits",
-        },
-        notes="mlp_out exists on dense layers only: MoE blocks return flattened rows",
+        router_output=1,
+        notes="MoE blocks return flattened (batch*seq, d) rows, reshaped by capture; the "
+        "router returns (scores, logits)",
     ),
     Adapter(
         # DBRX: attention sits inside norm_attn_norm, which also adds the residual and applies
