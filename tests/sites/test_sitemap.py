@@ -102,3 +102,20 @@ def test_drop_removes_sites_and_what_derives_from_them() -> None:
     with pytest.raises(UnknownSiteError, match="not offered on this model: fails resid_post"):
         sm.get("attn_out.0")
     assert sm.describe()["dropped_sites"] == sm.dropped
+
+
+@pytest.mark.parametrize("family", ["granite", "cohere", "falcon_h1", "gemma2", "llama"])
+def test_finish_logits_gives_the_model_logits_from_the_head_output(family: str) -> None:
+    """lm_head(final_norm) x logits scale, then the soft-cap: the logits the model returns."""
+    from actscope.capture import Trace, forward
+
+    lm = get_model(f"tiny:{family}")
+    sm = SiteMap(lm.model)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.inference_mode(), Trace(lm, "final_norm", retain=True) as tr:
+        logits = forward(lm.model, ids).logits
+    head = lm.model.get_output_embeddings()
+    with torch.inference_mode():
+        got = sm.finish_logits(head(tr["final_norm"]))
+    torch.testing.assert_close(got, logits, rtol=1e-5, atol=1e-5)
+    assert (sm.logits_scale is not None) == (family in ("granite", "cohere", "falcon_h1"))

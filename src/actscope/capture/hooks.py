@@ -164,10 +164,10 @@ def attach(
         hook = _in_hook(site, fn, state, edit, flat)
         handles.add(module.register_forward_pre_hook(hook, with_kwargs=True))
     elif site.mode == "out":
-        softcap = sitemap.softcap if site.kind == "logits" else None
-        if edit and softcap:
+        if edit and site.kind == "logits" and sitemap.softcap:
             raise ActscopeError("logits of a soft-capped family are observe-only")
-        handles.add(module.register_forward_hook(_out_hook(site, fn, state, edit, softcap, flat)))
+        finish = sitemap.finish_logits if site.kind == "logits" else None
+        handles.add(module.register_forward_hook(_out_hook(site, fn, state, edit, finish, flat)))
     elif site.mode == "router":
         _attach_router(sitemap, site, module, fn, state, handles)
     elif site.mode == "expert":
@@ -231,15 +231,14 @@ def _out_hook(
     fn: SiteFn,
     state: ForwardState,
     edit: bool,
-    softcap: float | None,
+    finish: Callable[[Tensor], Tensor] | None,
     flat: str | None = None,
 ) -> Callable[..., Any]:
     def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         x = out[0] if isinstance(out, tuple) else out
         raw = _select(x, site.part)
-        value = _scaled(_unflatten(raw, state, flat), site.scale)
-        if softcap:
-            value = torch.tanh(value / softcap) * softcap
+        value = _unflatten(raw, state, flat)
+        value = finish(value) if finish is not None else _scaled(value, site.scale)
         new = fn(value, _mask_for(value, state, site))
         if not edit or new is None:
             return None

@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from actscope.errors import LayerOutOfRangeError, UnknownSiteError, suggest
 from actscope.sites.adapters import Adapter, adapter_for
@@ -70,6 +71,7 @@ class SiteMap:
         head = model.get_output_embeddings()
         self.lm_head = next(n for n, m in modules.items() if m is head)
         self.softcap: float | None = getattr(self.config, "final_logit_softcapping", None)
+        self.logits_scale = _factor(self.adapter.logits_scale, self.config)
         self.n_experts = int(
             getattr(self.config, "num_experts", 0) or getattr(self.config, "num_local_experts", 0)
         )
@@ -126,7 +128,7 @@ class SiteMap:
                             self._add(Site(name, kind, i, e, path, "expert", None, scale))
         self._add(Site("final_norm", "final_norm", None, None, a.final_norm, "out"))
         if not self._drop("logits", "logits"):
-            scale = _factor(a.logits_scale, self.config)
+            scale = self.logits_scale
             self._add(Site("logits", "logits", None, None, self.lm_head, "out", None, scale))
         for name, reason in a.dropped.items():  # named sites whose module the table lacks
             if _NAME.match(name) and "." in name and name not in self._sites:
@@ -232,6 +234,13 @@ class SiteMap:
                 return hits
             raise UnknownSiteError(f"pattern '{pat}' matches no site; run `actscope sites MODEL`")
         return [self.get(pat)]
+
+    def finish_logits(self, z: Tensor) -> Tensor:
+        """The model's logits from the LM head's output ``z``: ``z x logits_scale``, then the
+        soft-cap ``softcap * tanh(. / softcap)`` (each where the family has one)."""
+        if self.logits_scale is not None:
+            z = z * self.logits_scale
+        return torch.tanh(z / self.softcap) * self.softcap if self.softcap else z
 
     def module(self, site: Site) -> nn.Module:
         return self.model.get_submodule(site.module)

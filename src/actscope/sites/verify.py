@@ -20,6 +20,10 @@ second row right-padded by 2) with every site observed, and checks on the real t
   the block has that gate) = mlp_out``;
 * every site produces a value on the probe, shaped (batch, seq, ...).
 
+Sites are captured as every consumer sees them: flattened rows reshaped, and a site with a
+``scale`` (a branch or the logits the family scales outside any module) multiplied by it, so
+the identities check the scale too.
+
 On hybrid layers ``attn_out`` above stands for the sum of the layer's token-mixer outputs
 (``attn_out``, ``ssm_out``, ``linattn_out``, ``conv_out``: ``MIXER_OUT_KINDS``), and a layer
 without an MLP (Mamba) checks ``resid_post = resid_pre + ssm_out``.
@@ -529,20 +533,14 @@ def _add_final_norm(
 
 
 def _own_transform(sm: SiteMap) -> tuple[str, Callable[[Tensor], Tensor]]:
-    """The site map's map from ``lm_head(final_norm)`` to the logits: scale, then soft-cap."""
-    a, cap = sm.adapter.logits_scale, sm.softcap
-    f = a.factor(sm.config) if a is not None else 1.0
+    """The site map's map from ``lm_head(final_norm)`` to the logits, and its formula."""
+    a = sm.adapter.logits_scale
     text = "lm_head(final_norm)"
-    if f != 1.0 and a is not None:
+    if sm.logits_scale is not None and a is not None:
         text += f" x {a.describe()}"
-    if cap:
+    if sm.softcap:
         text = f"cap*tanh({text}/cap)"
-
-    def fn(x: Tensor) -> Tensor:
-        z = x * f if f != 1.0 else x
-        return torch.tanh(z / cap) * cap if cap else z
-
-    return text, fn
+    return text, sm.finish_logits
 
 
 # verification ---------------------------------------------------------------------------------

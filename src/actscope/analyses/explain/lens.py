@@ -41,12 +41,9 @@ def depth_sites(sm: SiteMap) -> list[str]:
 
 
 def unembed(sm: SiteMap, normed: Tensor) -> Tensor:
-    """``W_U normed`` with the family's final soft-cap, in fp32."""
+    """``W_U normed`` with the family's logits scale and final soft-cap, in fp32."""
     head = sm.model.get_output_embeddings()
-    logits = head(normed.to(head.weight.dtype)).float()
-    if sm.softcap:
-        logits = torch.tanh(logits / sm.softcap) * sm.softcap
-    return logits
+    return sm.finish_logits(head(normed.to(head.weight.dtype)).float())
 
 
 def logit_lens(sm: SiteMap, resid: Tensor) -> Tensor:
