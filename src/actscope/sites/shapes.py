@@ -17,6 +17,9 @@ def site_shapes(
 ) -> list[dict[str, Any]]:
     """One row per site: name, module path, mode, shape (batch 1 x ``n_tokens``), meaning.
 
+    ``mode`` is the Site's, with ``[i/n]`` for a slice of a fused output and `` xF`` for a site
+    the family scales by F outside the module (the value shown is the scaled one).
+
     ``lm`` is a LoadedModel, a SiteMap or a bare HF causal LM.
     """
     sm = sitemap_of(lm)
@@ -27,7 +30,9 @@ def site_shapes(
         {
             "site": s.name,
             "module": s.module,
-            "mode": s.mode + (f"[{s.part[0]}/{s.part[1]}]" if s.part else ""),
+            "mode": s.mode
+            + (f"[{s.part[0]}/{s.part[1]}]" if s.part else "")
+            + (f" x{s.scale:g}" if s.scale is not None else ""),
             "shape": "x".join(str(d) for d in tr.retained[s.name].shape),
             "meaning": describe_kind(s.kind),
             "n_layers": sm.n_layers,
