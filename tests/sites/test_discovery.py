@@ -118,7 +118,8 @@ def test_linear_sites_get_shared_names() -> None:
 
 def test_projections_in_the_layer_and_other_norm_names() -> None:
     opt = _discovered("opt")
-    assert "q_in.0" in opt and "attn_out.1" in opt and opt.get("resid_mid.0").mode == "derived"
+    assert "q_in.0" in opt and "attn_out.1" in opt
+    assert opt.get("resid_mid.0").module.endswith("final_layer_norm")  # flattened, reshaped
     assert "mlp_out.0" in opt and "up_in.1" in opt  # flattened rows inside the layer, reshaped
     lfm = _discovered("lfm2")
     assert lfm.adapter.final_norm.endswith("embedding_norm")

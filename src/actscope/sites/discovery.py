@@ -287,15 +287,15 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
             out.append(Hook(max(lins, key=lambda x: rec(x).end), "out"))
         return out
 
-    def value(h: Hook, flat_ok: bool = True) -> Tensor | None:
-        """Probe value of a hook as (batch, seq, d); flattened rows are reshaped if flat_ok."""
+    def value(h: Hook) -> Tensor | None:
+        """Probe value of a hook as (batch, seq, d); flattened rows are reshaped, as capture does."""
         r = recs.get(f"{base}.{h.module}" if h.module else base)
         v = None if r is None else (r.inp if h.port == "in" else r.out)
         if v is None or v.shape[-1] != d:
             return None
         if tuple(v.shape[:2]) == tokens:
             return v
-        if flat_ok and v.numel() == pre.numel():
+        if v.dim() == 2 and v.shape[0] == tokens[0] * tokens[1]:  # (batch*seq, d) rows
             return v.reshape(pre.shape)
         return None
 
@@ -326,7 +326,7 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
     for exact, (m_h, c_t) in itertools.product(
         (True, False), itertools.product(mid_cands, mlp_cands)
     ):
-        mv, cvals = value(m_h, flat_ok=False), values(c_t)
+        mv, cvals = value(m_h), values(c_t)
         coefs = None if mv is None or cvals is None else _fit(mv, post, cvals, exact)
         if coefs is not None:
             mid, mlp_out, mlp_coefs = m_h, c_t, coefs
@@ -338,7 +338,7 @@ def _discover_layer(model: nn.Module, base: str, layer: nn.Module, recs: dict[st
         if vals is None:
             continue
         if mid is not None:
-            mv = value(mid, flat_ok=False)
+            mv = value(mid)
             coefs = None if mv is None else _fit(pre, mv, vals, exact)
             if coefs is not None:
                 chosen, coefs_mix = list(combo), coefs

@@ -222,9 +222,8 @@ DENSE: list[Adapter] = [
             act=Hook("fc2", "in"),
         ),
         linears={**linears(**_QKVO, o="out_proj"), "up": "fc1", "down": "fc2"},
-        parallel_residual=lambda cfg: True,
-        notes="pre-LayerNorm OPT (do_layer_norm_before=True, all sizes but 350m); resid_mid "
-        "is derived as resid_pre + attn_out because its only module input is flattened",
+        notes="pre-LayerNorm OPT (do_layer_norm_before=True, all sizes but 350m); resid_mid is "
+        "final_layer_norm's flattened input, reshaped by capture",
     ),
     Adapter(
         families=("gptj",),
