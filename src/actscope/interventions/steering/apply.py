@@ -107,12 +107,12 @@ class _Tracker:
     passes with ``T <= fed`` continue at ``p = fed`` (a cached step: one new token, or a prefill
     chunk) and passes with ``T > fed`` start again at ``p = 0`` (generation without a cache
     re-feeds the whole sequence, one token longer each step). Nothing is read from the
-    forward's keyword arguments: transformers has renamed the cache argument
-    (``past_key_values`` -> ``cache`` in 5.25), drops an all-ones attention mask and passes
-    ``cache_position`` or not depending on the version, and each of these once put the window
-    on the wrong tokens of batched, left-padded generation. The shapes cannot drift that way.
-    The ambiguity this leaves (a whole sequence run twice with the same length) is resolved by
-    pinning again before each new sequence.
+    forward's keyword arguments, which change between transformers versions: 5.25 renamed the
+    cache argument (``past_key_values`` -> ``cache``) and, like 5.23, passes no attention mask
+    when it is all ones, so a cached generation of an unpadded prompt looked like a new prompt
+    at every step and the window missed the generated tokens (batch 1 and batch 3 differed).
+    The shapes of the passes cannot drift that way. The ambiguity left (a whole sequence run
+    twice with the same length) is resolved by pinning again before each new sequence.
 
     **Unpinned** (plain forward passes under ``with Steering``): each pass is a prompt of its
     own, unless it declares earlier columns: a 2-D attention mask wider than the input (its
