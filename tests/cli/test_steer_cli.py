@@ -208,7 +208,7 @@ def test_steering_bad_input_is_one_error_line(
     cases = [
         (["-m", "tiny:qwen2", "-v", str(llama), "-p", "hi"], "trained on a llama model"),
         (["-m", "tiny:llama", "-v", str(broken), "-p", "hi"], "not valid JSON"),
-        (["-m", "tiny:llama", "--prompts", str(binary)], "is a binary file"),
+        (["-m", "tiny:llama", "--prompts", str(binary)], "a binary file"),
     ]
     for args, message in cases:
         assert main([*gen, *args]) == 2, args

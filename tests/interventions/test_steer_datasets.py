@@ -218,7 +218,7 @@ def test_binary_and_non_utf8_files_are_refused_as_datasets_and_prompts(
     latin = tmp_path / f"latin{suffix}"
     latin.write_bytes('{"positive": "caf\xe9", "negative": "no"}\n'.encode("latin-1"))
     for load in (load_dataset, load_prompts):
-        with pytest.raises(DataError, match="is a binary file"):
+        with pytest.raises(DataError, match="a binary file"):
             load(binary)
         with pytest.raises(DataError, match=r"as UTF-8 text \(byte"):
             load(latin)

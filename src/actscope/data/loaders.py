@@ -222,7 +222,7 @@ def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
         if p.name.lower().endswith(".gz"):
             raw = gzip.decompress(raw)
         if b"\x00" in raw:
-            raise DataError(f"{what} {p} is a binary file (NUL bytes), not UTF-8 text")
+            raise DataError(f"cannot read {what} {p} as UTF-8 text (NUL bytes: a binary file)")
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(
