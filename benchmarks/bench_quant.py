@@ -50,7 +50,7 @@ def _timed(fn: Any) -> tuple[Any, dict[str, float]]:
     if torch.cuda.is_initialized():
         torch.cuda.synchronize()  # the device's queued work belongs to this step
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    return out, {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_avg_1m": load0}
+    return out, {"wall_s": round(wall, 4), "cpu_s": round(cpu, 4), "load_avg_1m": load0}
 
 
 def quant_batches(
@@ -112,9 +112,9 @@ def measure(
         "torch_threads": torch.get_num_threads(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "forward_only": {**t_fwd, "tokens_per_s": round(n_eval / t_fwd["wall_s"], 1)},
+        "forward_only": {**t_fwd, "tokens_per_s": round(n_eval / max(t_fwd["wall_s"], 1e-6), 1)},
         "calibration": t_cal,
-        "sensitivity": {**t_sens, "tokens_per_s": round(n_eval / t_sens["wall_s"], 1)},
+        "sensitivity": {**t_sens, "tokens_per_s": round(n_eval / max(t_sens["wall_s"], 1e-6), 1)},
         "rows": len(sens),
     }
 

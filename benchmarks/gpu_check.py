@@ -522,8 +522,8 @@ def section_models(ck: Check) -> None:
 # cuda_tests
 # ------------------------------------------------------------------------------------------
 def cuda_test_ids(tests_dir: Path = ROOT / "tests") -> list[str]:
-    """Node ids of every test function or class whose decorators mention ``cuda`` (the tests
-    that are skipped without a CUDA device), relative to the repository root."""
+    """Node ids of every test function or class with a ``skipif`` decorator that mentions
+    ``cuda`` (the tests skipped without a CUDA device), relative to the repository root."""
     ids: list[str] = []
     for path in sorted(tests_dir.rglob("test_*.py")):
         src = path.read_text()
@@ -533,8 +533,12 @@ def cuda_test_ids(tests_dir: Path = ROOT / "tests") -> list[str]:
         for node in tree.body:
             if not isinstance(node, ast.FunctionDef | ast.ClassDef):
                 continue
-            decos = " ".join(ast.get_source_segment(src, d) or "" for d in node.decorator_list)
-            if "cuda" in decos and node.name.startswith(("test", "Test")):
+            skips = [
+                ast.get_source_segment(src, d) or ""
+                for d in node.decorator_list
+                if "skipif" in (ast.get_source_segment(src, d) or "")
+            ]
+            if any("cuda" in d for d in skips) and node.name.startswith(("test", "Test")):
                 ids.append(f"{path.relative_to(tests_dir.parent).as_posix()}::{node.name}")
     return ids
 

@@ -165,3 +165,53 @@ def test_bad_input_exits_with_status_2(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert rc == 2
     assert not (tmp_path / "x").exists()
+
+
+def _errors(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("actscope: error:")]
+
+
+def test_steering_bad_input_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    data = _ab_file(tmp_path)
+    rc = main(
+        [
+            "steer",
+            "train",
+            "-m",
+            "tiny:llama",
+            "-d",
+            str(data),
+            "-o",
+            str(tmp_path / "q"),
+            "--site",
+            "q_out",
+        ]
+    )
+    assert rc == 2 and "residual stream" in _errors(capsys)[0]
+    assert not (tmp_path / "q").exists()
+    llama = SteeringVector(
+        {0: torch.ones(64), 1: torch.ones(64)}, model="tiny:llama", family="llama"
+    ).save(tmp_path / "v.safetensors")
+    broken = tmp_path / "broken.safetensors"
+    meta = {"format": "actscope.steering/1", "actscope": '{"site": "resid_post", '}
+    save_file({"direction.0": torch.ones(64)}, str(broken), metadata=meta)
+    binary = tmp_path / "prompts.txt"
+    binary.write_bytes(b"\x00\xff\xfe binary")
+    gen = ["steer", "generate", "--max-new-tokens", "2", "--dtype", "fp32"]
+    cases = [
+        (["-m", "tiny:qwen2", "-v", str(llama), "-p", "hi"], "trained on a llama model"),
+        (["-m", "tiny:llama", "-v", str(broken), "-p", "hi"], "not valid JSON"),
+        (["-m", "tiny:llama", "--prompts", str(binary)], "a binary file"),
+    ]
+    for args, message in cases:
+        assert main([*gen, *args]) == 2, args
+        lines = _errors(capsys)
+        assert len(lines) == 1 and message in lines[0], lines
+    assert main([*gen, "-m", "tiny:qwen2", "-v", str(llama), "-p", "hi", "--any-model"]) == 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tests._models import get_model
 
-from actscope.capture import Trace, forward
+from actscope.capture import ForwardState, Handles, Trace, attach, forward, sitemap_of
 from actscope.errors import ActscopeError
 from actscope.interventions.steering.apply import Steering, Window, parse_positions
 from actscope.interventions.steering.generate import encode_prompts, generate, instruction_window
@@ -223,6 +225,92 @@ def test_generate_helper_runs_steering_in_batches_and_leaves_no_hooks() -> None:
     assert generate(lm, PROMPTS, None, max_new_tokens=5) != one
     assert _hooks(lm.model) == before and not st.active
     assert instruction_window(lm) == Window(-11, None)  # "\nAssistant: " is 12 byte tokens
+
+
+def _steered_real_tokens(
+    lm: object, st: Steering, prompts: list[str], *, side: str, use_cache: bool, n: int
+) -> tuple[list[list[bool]], list[list[int]]]:
+    """Per prompt: whether each real token fed to the model was steered (in real-token order),
+    and the generated ids. Seen directly: hooks registered before and after the steering's
+    compare the steered site's value (``add`` changes exactly the gated tokens)."""
+    enc = encode_prompts(lm, prompts, chat=False, side=side)
+    b, width = enc.input_ids.shape
+    sm = sitemap_of(lm)
+    site = sm.get("resid_post.0")
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    before, after, state = Handles(), Handles(), ForwardState()
+    before.items += attach(sm, site, lambda h, m: seen.append((h.clone(), h)), state).items
+    try:
+        with st:
+            after.items += attach(
+                sm, site, lambda h, m: seen.append((seen.pop()[0], h)), state
+            ).items
+            st.set_prompt(enc.attention_mask)
+            with torch.inference_mode():
+                out = lm.model.generate(  # type: ignore[attr-defined]
+                    input_ids=enc.input_ids,
+                    attention_mask=enc.attention_mask,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    do_sample=False,
+                    use_cache=use_cache,
+                    pad_token_id=0,
+                )
+    finally:
+        before.remove()
+        after.remove()
+    assert len(seen) == n
+    rows: list[dict[int, bool]] = [{} for _ in range(b)]
+    for k, (pre, post) in enumerate(seen):
+        t = pre.shape[1]  # the pass feeds the last t columns of a sequence of width + k
+        full = torch.cat([enc.attention_mask.bool(), torch.ones(b, k, dtype=torch.bool)], 1)
+        real = full[:, width + k - t : width + k]
+        idx = full.long().cumsum(1)[:, width + k - t : width + k] - 1
+        steered = (post != pre).any(-1)
+        assert not steered[~real].any()  # padding is never steered
+        for i in range(b):
+            for j in real[i].nonzero()[:, 0].tolist():
+                got = bool(steered[i, j])
+                assert rows[i].setdefault(int(idx[i, j]), got) == got  # same in every pass
+    bits = [[r[x] for x in sorted(r)] for r in rows]
+    new = [out[i, width:].tolist() for i in range(b)]
+    return bits, new
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_window_steers_the_same_tokens_alone_and_in_padded_batches(
+    family: str, use_cache: bool
+) -> None:
+    lm = get_model(f"tiny:{family}")
+    v = _vec(lm, layers=(0,), scale=1.0)
+    st = Steering(lm, v, coef=4.0, positions="-3:4")
+    n = 6
+    alone = [
+        _steered_real_tokens(lm, st, [p], side="left", use_cache=use_cache, n=n) for p in PROMPTS
+    ]
+    lengths = [len(lm.tokenizer(p)["input_ids"]) for p in PROMPTS]  # type: ignore[attr-defined]
+    for i, (bits, _) in enumerate(alone):  # r = i - (L - 1) in [-3, 4)
+        assert bits[0] == [lengths[i] - 4 <= x < lengths[i] + 3 for x in range(lengths[i] + n - 1)]
+    for side in ("left", "right"):
+        bits, new = _steered_real_tokens(lm, st, PROMPTS, side=side, use_cache=use_cache, n=n)
+        assert bits == [a[0][0] for a in alone], side
+        if side == "left":  # right-padded generation continues after the padding: other tokens
+            assert new == [a[1][0] for a in alone]
+
+
+def test_unpinned_cached_steps_continue_the_prompt_without_a_mask() -> None:
+    lm = get_model("tiny:llama")
+    v = _vec(lm, scale=2.0)
+    ids, nxt = torch.tensor([[5, 6, 7, 8]]), torch.tensor([[9]])
+    with torch.inference_mode():
+        cache = lm.model(input_ids=ids, use_cache=True).past_key_values  # type: ignore[attr-defined]
+        plain = lm.model(input_ids=nxt, past_key_values=copy.deepcopy(cache)).logits  # type: ignore[attr-defined]
+        for spec, steered in (("prompt", False), ("gen", True), ("1:2", True), ("2:", False)):
+            with Steering(lm, v, coef=3.0, positions=spec):
+                lm.model(input_ids=ids, use_cache=True)  # type: ignore[attr-defined]
+                got = lm.model(input_ids=nxt, past_key_values=copy.deepcopy(cache)).logits  # type: ignore[attr-defined]
+            assert (not torch.equal(got, plain)) == steered, spec
 
 
 def test_input_validation() -> None:

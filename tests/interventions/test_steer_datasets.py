@@ -146,3 +146,81 @@ def test_shipped_datasets_load_and_balance_answer_letters() -> None:
             assert 0.4 <= share <= 0.6, name
     with pytest.raises(DataError, match="unknown steering dataset"):
         load_dataset("sentimen-ab")
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "kind"),
+    [
+        ({"positive": 3, "negative": "no"}, "positive", "int"),
+        ({"positive": "yes", "negative": ["no"]}, "negative", "list"),
+        ({"prompt": {"a": 1}, "positive": "yes", "negative": "no"}, "prompt", "dict"),
+        (
+            {
+                "question": "q? (A) x (B) y",
+                "answer_matching_behavior": 1,
+                "answer_not_matching_behavior": "(B)",
+            },
+            "answer_matching_behavior",
+            "int",
+        ),
+        (
+            {
+                "question": None,
+                "answer_matching_behavior": "(A)",
+                "answer_not_matching_behavior": "(B)",
+            },
+            "question",
+            "NoneType",
+        ),
+        ({"text": 1.5, "label": 1}, "text", "float"),
+    ],
+)
+def test_non_string_fields_name_the_file_line_and_field(
+    tmp_path: Path, record: dict[str, object], field: str, kind: str
+) -> None:
+    good = {"positive": "yes", "negative": "no"} if "positive" in record else None
+    path = tmp_path / "d.jsonl"
+    lines = [json.dumps({"_meta": {"name": "d"}})]
+    if good is not None:
+        lines.append(json.dumps(good))
+    lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+    line = len(lines)
+    with pytest.raises(
+        DataError, match=rf"d\.jsonl:{line}: field '{field}' must be a string, not {kind}"
+    ):
+        load_dataset(path)
+
+
+def test_bad_meta_kind_label_and_empty_text_are_data_errors(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    cases = [
+        ('{"_meta": 3}\n{"positive": "a", "negative": "b"}\n', "'_meta' must be a JSON object"),
+        ('{"_meta": {"kind": "triples"}}\n{"positive": "a", "negative": "b"}\n', "kind must be"),
+        ('{"text": "a", "label": "maybe"}\n', r"d\.jsonl:1: label must be"),
+        ('{"positive": " ", "negative": "b"}\n', r"d\.jsonl:1: field 'positive' is empty"),
+        ('{"text": null, "label": 1}\n', "missing key"),
+    ]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(DataError, match=message):
+            load_dataset(path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_binary_and_non_utf8_files_are_refused_as_datasets_and_prompts(
+    tmp_path: Path, suffix: str
+) -> None:
+    from actscope.interventions.steering.datasets import load_prompts
+
+    binary = tmp_path / f"bin{suffix}"
+    binary.write_bytes(b"\x00\x01\x02PK\x03\x04" * 20)
+    latin = tmp_path / f"latin{suffix}"
+    latin.write_bytes('{"positive": "caf\xe9", "negative": "no"}\n'.encode("latin-1"))
+    for load in (load_dataset, load_prompts):
+        with pytest.raises(DataError, match="a binary file"):
+            load(binary)
+        with pytest.raises(DataError, match=r"as UTF-8 text \(byte"):
+            load(latin)
+    with pytest.raises(DataError, match="steering dataset .* is not a file"):
+        load_dataset(tmp_path)  # a folder

@@ -9,6 +9,7 @@ from tests._models import get_model
 
 from actscope.capture import Trace, forward
 from actscope.errors import ActscopeError, DataError
+from actscope.interventions.steering.apply import Steering
 from actscope.interventions.steering.datasets import ContrastDataset, Text
 from actscope.interventions.steering.encoding import Read, parse_read, tokenize
 from actscope.interventions.steering.extract import (
@@ -205,3 +206,22 @@ def test_resolve_layers_forms() -> None:
     assert resolve_layers(lm, [1, 0, 1]) == [0, 1]
     with pytest.raises(ActscopeError, match="out of range"):
         resolve_layers(lm, [2])
+
+
+def test_sublayer_output_sites_train_vectors_that_steer_the_residual_stream() -> None:
+    lm = get_model("tiny:llama")
+    ds = ContrastDataset.from_records(
+        [{"positive": f"good thing {i}", "negative": f"bad thing {i}"} for i in range(6)],
+        name="toy",
+    )
+    v = train_vector(lm, ds, site="mlp_out", layers=[0], n_bootstrap=0)
+    assert v.site == "mlp_out"
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with Steering(lm, v, coef=2.0):  # resid_post.0 = resid_mid.0 + mlp_out.0
+        at_mlp = forward(lm.model, ids).logits
+    with Steering(lm, {0: v[0]}, site="resid_post", coef=2.0):
+        at_resid = forward(lm.model, ids).logits
+    torch.testing.assert_close(at_mlp, at_resid, atol=1e-5, rtol=1e-5)
+    for site in ("q_out", "mlp_act", "logits"):
+        with pytest.raises(ActscopeError, match="steering vectors live in the residual stream"):
+            train_vector(lm, ds, site=site, layers=[0])

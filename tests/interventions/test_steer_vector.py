@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import gguf
 import pytest
@@ -95,3 +96,69 @@ def test_vector_validation() -> None:
         v[7]
     assert v.select([3]).layers == [3]
     torch.testing.assert_close(v.unit(3).norm(), torch.tensor(1.0))
+
+
+def _with_header(path: Path, metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({"direction.0": torch.ones(4)}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({}, "not an actscope steering vector"),
+        ({"format": "actscope.steering/1"}, "no actscope metadata"),
+        ({"format": "actscope.steering/1", "actscope": "{broken"}, "not valid JSON"),
+        ({"format": "actscope.steering/1", "actscope": "[1, 2]"}, "JSON object with a 'site'"),
+        ({"format": "actscope.steering/1", "actscope": '{"layers": [0]}'}, "with a 'site'"),
+        (
+            {"format": "actscope.steering/1", "actscope": '{"site": "resid_post", "stats": 3}'},
+            "field 'stats' has the wrong type",
+        ),
+        (
+            {"format": "actscope.steering/1", "actscope": '{"site": 7}'},
+            "field 'site' has the wrong type",
+        ),
+        (
+            {
+                "format": "actscope.steering/1",
+                "actscope": '{"site": "resid_post", "stats": {"x": {}}}',
+            },
+            "layer numbers",
+        ),
+    ],
+)
+def test_load_refuses_broken_headers_with_one_data_error(
+    tmp_path: Path, metadata: dict[str, str], message: str
+) -> None:
+    path = _with_header(tmp_path / "v.safetensors", metadata)
+    with pytest.raises(DataError, match=message):
+        SteeringVector.load(path)
+
+
+def test_load_refuses_truncated_and_binary_files(tmp_path: Path) -> None:
+    good = _vec().save(tmp_path / "v.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
+    (tmp_path / "bin.safetensors").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "tiny.safetensors").write_bytes(b"\x01")
+    for name in ("cut", "bin", "tiny"):
+        with pytest.raises(DataError, match="not a readable safetensors file"):
+            SteeringVector.load(tmp_path / f"{name}.safetensors")
+
+
+def test_check_model_refuses_other_weights_and_other_families() -> None:
+    from tests._models import get_model
+
+    lm = get_model("tiny:llama")
+    v = _vec()
+    v.check_model(lm)  # tiny models have no weights hash; same family
+    with pytest.raises(ActscopeError, match=r"trained on tiny:llama \(weights sha256 abc\)"):
+        v.check_model(SimpleNamespace(name="other", file_hash="def", model=lm.model))
+    v.check_model(SimpleNamespace(name="copy", file_hash="abc", model=lm.model))
+    qwen = get_model("tiny:qwen2")
+    with pytest.raises(ActscopeError, match="trained on a llama model"):
+        v.check_model(qwen)
+    imported = SteeringVector({1: torch.ones(16)}, family="qwen2", method="gguf")
+    imported.check_model(lm)  # a llama.cpp model hint is not an HF family name

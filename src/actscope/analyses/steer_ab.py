@@ -90,9 +90,9 @@ class _Batch:
         return torch.cat([self.prefix_mask, self.suffix_mask], dim=1)
 
     @property
-    def prompt_mask(self) -> Tensor:
-        """Mask whose row sums are the prompt lengths (prefix + template header)."""
-        return torch.cat([self.prefix_mask, self.suffix_mask.bool() & ~self.response], dim=1)
+    def prompt_lengths(self) -> Tensor:
+        """(B,) real prompt tokens of each row (prefix + template header)."""
+        return self.prefix_mask.sum(1) + (self.suffix_mask.bool() & ~self.response).sum(1)
 
 
 def _build(lm: Any, questions: Sequence[str], responses: Sequence[str], chat: bool) -> _Batch:
@@ -157,7 +157,7 @@ class _Runner:
         suffix position (B, Ls, V). A steering must be attached; its prompt is pinned here."""
         b, mask = self.b, self.b.mask
         if st is not None:
-            st.set_prompt(b.prompt_mask)
+            st.set_prompt(mask, lengths=b.prompt_lengths, past=self.cut if self.cached else 0)
         if self.cached:
             out = self.model(
                 input_ids=b.suffix,

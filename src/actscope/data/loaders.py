@@ -209,7 +209,7 @@ def _to_samples(rows: Iterable[_Row], label: str, where: str, unit: str) -> Iter
 def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
     """The text of ``path`` decoded as UTF-8 (a ``.gz`` file is decompressed first).
 
-    Every failure (missing, a folder, unreadable, corrupt gzip, binary or another encoding)
+    Every failure (missing, a folder, unreadable, corrupt gzip, NUL bytes, another encoding)
     raises :class:`DataError` with one line that names ``what`` the file was meant to be.
     """
     p = Path(path)
@@ -221,6 +221,8 @@ def read_text(path: str | os.PathLike[str], what: str = "file") -> str:
         raw = p.read_bytes()
         if p.name.lower().endswith(".gz"):
             raw = gzip.decompress(raw)
+        if b"\x00" in raw:
+            raise DataError(f"cannot read {what} {p} as UTF-8 text (NUL bytes: a binary file)")
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(

@@ -16,11 +16,13 @@ real-token index (padding excluded) and ``i_last`` that of the last prompt token
 the last prompt token (whose output is the first generated token), ``r = k`` the k-th generated
 token fed back. A :class:`Window` keeps ``start <= r < stop``; ``all`` = every real token,
 ``gen`` = ``r >= 0`` (every token whose output is generated, the first one included),
-``prompt`` = ``r <= 0``. With a KV cache each forward sees only new tokens; their ``r`` comes
-from the full attention mask (or the cache length) seen by a pre-hook on the decoder stack, so
-steering with and without the cache is the same. The prompt is the input of the first forward
-pass with an empty cache; for generation without a cache call :meth:`Steering.set_prompt`
-(:func:`~.generate.generate` does it).
+``prompt`` = ``r <= 0``. For generation, :meth:`Steering.set_prompt` declares the padded
+prompt (:func:`~.generate.generate` does it); a pre-hook on the decoder stack then places each
+forward pass from its shape alone (a cached step continues where the last pass ended, a longer
+pass re-feeds the sequence), so the window lands on the same tokens with and without a KV cache,
+with left or right padding and in any batch, whichever way a transformers version passes its
+cache and mask (:class:`_Tracker`). Without ``set_prompt`` each forward pass is its own prompt
+unless its attention mask or cache says earlier tokens came before.
 
 Conditions (:mod:`.conditional`) are evaluated per sample from the hidden state at their own
 site: latched at prefill (needs the condition site to run before the steered sites, or a
@@ -91,25 +93,75 @@ def parse_positions(spec: str | Window | None) -> Window:
 
 
 class _Tracker:
-    """What the hooks of one :class:`Steering` need to know about the current forward pass."""
+    """Which tokens of which sequence the current forward pass feeds (what the hooks read).
+
+    The tracker holds one padded *sequence*: the real-token mask ``M`` of its known columns
+    (B, L), the number of real prompt tokens of each row, and ``fed``, the columns already run.
+    Columns after ``L`` are generated tokens, all real (``generate`` extends its mask with ones).
+    A forward pass of ``T`` tokens feeds the columns ``[p, p + T)``; the real index of column
+    ``c`` is ``cumsum(M)[c] - 1`` and ``r = real - (prompt_len - 1)``.
+
+    **Pinned** (:meth:`pin`, done by ``steer.generate``, the A/B scorer and ``prepare``): ``p``
+    is derived from the sequence of forward shapes alone. The first pass after the pin starts
+    at the declared ``past`` (0, or the length of a prefix already in a KV cache); later
+    passes with ``T <= fed`` continue at ``p = fed`` (a cached step: one new token, or a prefill
+    chunk) and passes with ``T > fed`` start again at ``p = 0`` (generation without a cache
+    re-feeds the whole sequence, one token longer each step). Nothing is read from the
+    forward's keyword arguments, which change between transformers versions: 5.25 renamed the
+    cache argument (``past_key_values`` -> ``cache``) and, like 5.23, passes no attention mask
+    when it is all ones, so a cached generation of an unpadded prompt looked like a new prompt
+    at every step and the window missed the generated tokens (batch 1 and batch 3 differed).
+    The shapes of the passes cannot drift that way. The ambiguity left (a whole sequence run
+    twice with the same length) is resolved by pinning again before each new sequence.
+
+    **Unpinned** (plain forward passes under ``with Steering``): each pass is a prompt of its
+    own, unless it declares earlier columns: a 2-D attention mask wider than the input (its
+    width - ``T`` columns came before) or a KV cache holding tokens (any argument with
+    ``get_seq_length()``, whatever its name). The prompt is then the first pass with
+    ``p = 0``. This path reads what the caller passes, so generation should pin.
+    """
 
     def __init__(self) -> None:
         self.forward_id = 0
         self.past = 0
         self.shape: tuple[int, int] = (0, 0)
         self.device: torch.device | None = None
-        self.full_mask: Tensor | None = None
-        self.prompt_last: Tensor | None = None
         self.pinned = False
+        self.fed = 0
+        self._start: int | None = None
+        self._seq: Tensor | None = None  # (B, L) bool real-token mask of the known columns
+        self._cum: Tensor | None = None  # (B, L) real index of each known column
+        self.prompt_last: Tensor | None = None  # (B,) real index of the last prompt token
+        self._all_real = True  # no padding anywhere: positions are plain column indices
         self._cache: dict[str, Tensor] = {}
 
     def reset(self) -> None:
-        self.prompt_last, self.pinned, self._cache = None, False, {}
+        self.pinned, self.fed, self._start = False, 0, None
+        self._seq = self._cum = self.prompt_last = None
+        self._all_real, self._cache = True, {}
 
-    def pin(self, attention_mask: Tensor) -> None:
-        """Fix the prompt: real index of each row's last prompt token from its mask."""
-        self.prompt_last = attention_mask.long().sum(-1) - 1
-        self.pinned = True
+    def pin(self, attention_mask: Tensor, lengths: Tensor | None = None, past: int = 0) -> None:
+        """Start a sequence: its known columns' mask, real prompt tokens per row (default:
+        every real token of the mask) and the columns already run (a cached prefix)."""
+        if attention_mask.dim() != 2 or attention_mask.shape[1] == 0:
+            raise ActscopeError(
+                f"set_prompt needs a (batch, length) attention mask, got {tuple(attention_mask.shape)}"
+            )
+        if not 0 <= past <= attention_mask.shape[1]:
+            raise ActscopeError(
+                f"past={past} is outside the prompt's {attention_mask.shape[1]} columns"
+            )
+        seq = attention_mask.bool()
+        self._set_sequence(seq, lengths, all_real=bool(seq.all()))
+        self.pinned, self.fed, self._start = True, past, past
+
+    def unpin(self) -> None:
+        self.pinned, self._start = False, None
+
+    def _set_sequence(self, seq: Tensor, lengths: Tensor | None, *, all_real: bool) -> None:
+        self._seq, self._cum, self._all_real = seq, seq.long().cumsum(-1) - 1, all_real
+        n = seq.long().sum(-1) if lengths is None else torch.as_tensor(lengths).long()
+        self.prompt_last = n.to(seq.device) - 1
 
     def update(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         x = kwargs.get("input_ids")
@@ -122,35 +174,83 @@ class _Tracker:
                 "steering cannot find input_ids or inputs_embeds in the forward call"
             )
         b, t = int(x.shape[0]), int(x.shape[1])
-        am = kwargs.get("attention_mask")
-        if isinstance(am, Tensor) and am.dim() == 2 and am.shape[0] == b and am.shape[1] >= t:
-            self.past, self.full_mask = int(am.shape[1]) - t, am
-        else:
-            pkv = kwargs.get("past_key_values")
-            self.past = int(pkv.get_seq_length()) if hasattr(pkv, "get_seq_length") else 0
-            self.full_mask = None
         self.shape, self.device = (b, t), x.device
         self.forward_id += 1
         self._cache = {}
-        if self.prompt_last is not None and self.prompt_last.shape[0] != b:
-            if self.past > 0 or self.pinned:
+        if self.pinned:
+            assert self._seq is not None
+            if self._seq.shape[0] != b:
                 raise ActscopeError(
-                    f"batch size changed from {self.prompt_last.shape[0]} to {b} during generation "
+                    f"batch size changed from {self._seq.shape[0]} to {b} during generation "
                     "(beam search and num_return_sequences > 1 are not tracked by steering)"
                 )
-            self.prompt_last = None
-        if (self.past == 0 and not self.pinned) or self.prompt_last is None:
-            self.prompt_last = self.real()[:, -1] if self.past == 0 else self.real()[:, 0] - 1
-        if self.prompt_last.device != x.device:
-            self.prompt_last = self.prompt_last.to(x.device)
+            if self._start is not None:
+                self.past, self._start = self._start, None
+            else:
+                self.past = self.fed if t <= self.fed else 0
+            self.fed = self.past + t
+        else:
+            self._follow(b, t, kwargs)
+        if self._seq is not None and self._seq.device != x.device:
+            self._set_device(x.device)
+
+    def _follow(self, b: int, t: int, kwargs: dict[str, Any]) -> None:
+        """Unpinned: place this pass from the caller's mask or cache (see the class docstring)."""
+        am = kwargs.get("attention_mask")
+        wide = isinstance(am, Tensor) and am.dim() == 2 and am.shape[0] == b and am.shape[1] >= t
+        if wide:
+            self.past = int(am.shape[1]) - t
+        else:
+            self.past = max((_cached_length(v) for v in kwargs.values()), default=0)
+        if self.past == 0:
+            if wide:  # no host sync to find out whether the mask has padding
+                self._set_sequence(am.bool(), None, all_real=False)
+            else:
+                self._set_sequence(
+                    torch.ones(b, t, dtype=torch.bool, device=self.device), None, all_real=True
+                )
+            return
+        if self._seq is not None and self._seq.shape[0] != b:
+            raise ActscopeError(
+                f"batch size changed from {self._seq.shape[0]} to {b} during generation "
+                "(beam search and num_return_sequences > 1 are not tracked by steering)"
+            )
+        last = self.prompt_last
+        if wide:
+            self._seq, self._cum = am.bool(), am.long().cumsum(-1) - 1
+            self._all_real = False
+        elif self._seq is None:
+            self._seq = torch.ones(b, self.past, dtype=torch.bool, device=self.device)
+            self._cum = torch.arange(self.past, device=self.device).expand(b, self.past)
+            self._all_real = True
+        if last is None:  # the prompt ended right before this pass
+            last = self._seq[:, : self.past].long().sum(-1) - 1
+        self.prompt_last = last
+
+    def _set_device(self, device: torch.device) -> None:
+        assert self._seq is not None and self._cum is not None and self.prompt_last is not None
+        self._seq, self._cum = self._seq.to(device), self._cum.to(device)
+        self.prompt_last = self.prompt_last.to(device)
+
+    def _columns(self) -> tuple[Tensor, Tensor]:
+        """(B, T) real-token mask and real index of the columns ``[past, past + T)``."""
+        if "mask" not in self._cache:
+            assert self._seq is not None and self._cum is not None
+            b, t = self.shape
+            width = self._seq.shape[1]
+            cols = torch.arange(self.past, self.past + t, device=self._seq.device)
+            inside = cols < width
+            idx = cols.clamp(max=width - 1).expand(b, t)
+            n_real = self._cum[:, -1:] + 1
+            self._cache["mask"] = torch.where(inside, self._seq.gather(1, idx), True)
+            self._cache["real"] = torch.where(
+                inside, self._cum.gather(1, idx), n_real + (cols - width)
+            )
+        return self._cache["mask"], self._cache["real"]
 
     def mask(self) -> Tensor | None:
         """(B, T) bool mask of real tokens in this forward, or None when every token is real."""
-        if self.full_mask is None:
-            return None
-        if "mask" not in self._cache:
-            self._cache["mask"] = self.full_mask[:, -self.shape[1] :].bool()
-        return self._cache["mask"]
+        return None if self._all_real else self._columns()[0]
 
     def token_mask(self) -> Tensor:
         m = self.mask()
@@ -158,14 +258,13 @@ class _Tracker:
 
     def real(self) -> Tensor:
         """(B, T) real-token index of each token of this forward."""
-        if "real" not in self._cache:
-            if self.full_mask is None:
+        if self._all_real:
+            if "real" not in self._cache:
                 b, t = self.shape
-                r = torch.arange(self.past, self.past + t, device=self.device).expand(b, t)
-            else:
-                r = self.full_mask.long().cumsum(-1)[:, -self.shape[1] :] - 1
-            self._cache["real"] = r
-        return self._cache["real"]
+                r = torch.arange(self.past, self.past + t, device=self.device)
+                self._cache["real"] = r.expand(b, t)
+            return self._cache["real"]
+        return self._columns()[1]
 
     def rel(self) -> Tensor:
         """(B, T) position relative to the prompt end: real index - last prompt index."""
@@ -181,6 +280,17 @@ class _Tracker:
         if w.stop is not None:
             g = (self.rel() < w.stop) if g is None else g & (self.rel() < w.stop)
         return g
+
+
+def _cached_length(value: Any) -> int:
+    """Tokens held by a KV cache (an object with ``get_seq_length()``), else 0."""
+    get = getattr(value, "get_seq_length", None)
+    if not callable(get):
+        return 0
+    try:
+        return int(get())
+    except (TypeError, ValueError, AttributeError):
+        return 0
 
 
 @dataclass
@@ -302,9 +412,20 @@ class Steering(HookOwner):
         """True when a latched condition runs after a steered site (call :meth:`prepare`)."""
         return self._needs_prepare
 
-    def set_prompt(self, attention_mask: Tensor) -> None:
-        """Declare the prompt of the coming forward passes (needed for generation without cache)."""
-        self._tracker.pin(attention_mask)
+    def set_prompt(
+        self, attention_mask: Tensor, *, lengths: Tensor | None = None, past: int = 0
+    ) -> None:
+        """Declare the sequence the coming forward passes feed (do it before each generation).
+
+        ``attention_mask`` (B, L): real-token mask of the sequence's known columns, the padded
+        prompt for generation (later columns are generated tokens, all real). ``lengths`` (B,):
+        real prompt tokens of each row when the mask also covers teacher-forced response tokens
+        (default: every real token is prompt). ``past``: columns already run before the next
+        forward pass (a prefix held in a KV cache). From then on the position of every forward
+        pass follows from the shapes of the passes alone (see :class:`_Tracker`), whichever way
+        the transformers version passes its cache and mask.
+        """
+        self._tracker.pin(attention_mask, lengths, past)
 
     def reset(self) -> None:
         """Forget the pinned prompt and every condition decision."""
@@ -327,7 +448,7 @@ class Steering(HookOwner):
         for st in self._leaf.values():
             st.pinned, st.gate = None, None
         self._preparing = True
-        self._tracker.pinned = False
+        self._tracker.unpin()
         try:
             with torch.inference_mode():
                 forward(self.sitemap.model, input_ids, mask)

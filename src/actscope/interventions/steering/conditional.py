@@ -228,18 +228,21 @@ class Condition(Expr):
             raise DataError("not a condition file (kind must be 'condition' with one layer)")
         m = vec.meta
         layer = vec.layers[0]
-        return cls(
-            vec[layer],
-            f"{vec.site}.{layer}",
-            float(m["threshold"]),
-            m.get("comparator", ">"),
-            m.get("score", "proj_cos"),
-            int(m.get("prefix_tokens", 0)),
-            int(m.get("suffix_tokens", 0)),
-            bool(m.get("per_token", False)),
-            m.get("name", "condition"),
-            dict(m.get("metrics", {})),
-        )
+        try:
+            return cls(
+                vec[layer],
+                f"{vec.site}.{layer}",
+                float(m["threshold"]),
+                m.get("comparator", ">"),
+                m.get("score", "proj_cos"),
+                int(m.get("prefix_tokens", 0)),
+                int(m.get("suffix_tokens", 0)),
+                bool(m.get("per_token", False)),
+                m.get("name", "condition"),
+                dict(m.get("metrics", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"malformed condition header ({type(exc).__name__}: {exc})") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Condition:

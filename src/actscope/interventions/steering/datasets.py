@@ -27,10 +27,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from actscope.data.loaders import read_text
 from actscope.errors import DataError, suggest
 from actscope.utils.atomic import atomic_write_text
 
 Kind = Literal["pairs", "ab", "unpaired"]
+KINDS = ("pairs", "ab", "unpaired")
+_TEXT_FIELDS = {  # (required non-empty strings, optional strings) of each record kind
+    "pairs": (("positive", "negative"), ("prompt",)),
+    "ab": (("question", "answer_matching_behavior", "answer_not_matching_behavior"), ()),
+    "unpaired": ((), ("text", "prompt")),
+}
 FALLBACK_USER = "User: "
 FALLBACK_ASSISTANT = "\nAssistant: "
 _PACKAGE = "actscope.datasets.steering"
@@ -72,6 +79,8 @@ class ContrastDataset:
     def __post_init__(self) -> None:
         if not self.records:
             raise DataError(f"steering dataset '{self.name}' is empty")
+        if self.kind not in KINDS:
+            raise DataError(f"dataset kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         for i, rec in enumerate(self.records):
             _check_record(self.kind, rec, f"{self.name} record {i}")
         if self.format not in ("chat", "raw"):
@@ -204,12 +213,10 @@ class ContrastDataset:
     def from_jsonl(cls, path: str | Path, name: str | None = None) -> ContrastDataset:
         """Read a JSONL file (optional ``_meta`` first line, then one record per line)."""
         p = Path(path)
-        try:
-            lines = p.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise DataError(f"cannot read steering dataset {p}: {exc.strerror}") from None
+        lines = read_text(p, "steering dataset").splitlines()
         meta: dict[str, Any] = {}
         records: list[dict[str, Any]] = []
+        where: list[str] = []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -220,12 +227,19 @@ class ContrastDataset:
             if not isinstance(obj, dict):
                 raise DataError(f"{p}:{n}: each line must be a JSON object")
             if "_meta" in obj and not records:
+                if not isinstance(obj["_meta"], dict):
+                    raise DataError(f"{p}:{n}: '_meta' must be a JSON object")
                 meta = dict(obj["_meta"])
                 continue
             records.append(obj)
+            where.append(f"{p}:{n}")
         if not records:
             raise DataError(f"steering dataset {p} has no records")
-        kind = meta.pop("kind", None) or infer_kind(records[0], str(p))
+        kind = meta.pop("kind", None) or infer_kind(records[0], where[0])
+        if kind not in KINDS:
+            raise DataError(f"{p}: _meta kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        for rec, at in zip(records, where, strict=True):
+            _check_record(kind, rec, at)
         ds_name = name or meta.pop("name", None) or p.stem
         meta.pop("name", None)
         fmt = meta.pop("format", "chat")
@@ -254,12 +268,24 @@ def _check_record(kind: str, rec: dict[str, Any], where: str) -> None:
         missing += [
             k for k in ("answer_matching_behavior", "answer_not_matching_behavior") if k not in rec
         ]
-    if kind == "unpaired" and "text" not in rec and "prompt" not in rec:
+    if kind == "unpaired" and rec.get("text") is None and rec.get("prompt") is None:
         missing.append("text")
     if missing:
         raise DataError(f"{where}: missing key(s) {', '.join(missing)} for a {kind} record")
+    required, optional = _TEXT_FIELDS[kind]
+    for key in (*required, *optional):
+        value = rec.get(key)
+        if value is None and key in optional:
+            continue
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field '{key}' must be a string, not {type(value).__name__}")
+        if key in required and not value.strip():
+            raise DataError(f"{where}: field '{key}' is empty")
     if kind == "unpaired":
-        label_of(rec)
+        try:
+            label_of(rec)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
     if kind == "ab":
         a, b = (
             _letter(rec["answer_matching_behavior"]),
@@ -380,7 +406,7 @@ def load_prompts(spec: str | Path) -> list[str]:
             raise DataError(f"unknown prompt set '{spec}'; shipped: {', '.join(list_datasets())}")
         with resources.as_file(resources.files(_PACKAGE) / f"{spec}.jsonl") as path:
             return load_prompts(path)
-    lines = [ln for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = [ln for ln in read_text(p, "prompt file").splitlines() if ln.strip()]
     if p.suffix != ".jsonl":
         return lines
     out = []

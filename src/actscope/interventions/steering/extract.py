@@ -46,7 +46,7 @@ from actscope.interventions.steering.encoding import (
     read_weights,
     tokenize,
 )
-from actscope.interventions.steering.vector import SteeringVector
+from actscope.interventions.steering.vector import SteeringVector, check_site_kind
 
 METHODS = ("mean_diff", "pca_pair", "pca_center", "logistic")
 
@@ -281,6 +281,7 @@ def train_vector(
     Activations of all layers are collected in one batched pass per text (positives, then
     negatives); then :func:`layer_vector` runs per layer.
     """
+    check_site_kind(site)
     if method not in METHODS:
         raise ActscopeError(f"unknown extraction method '{method}'; known: {', '.join(METHODS)}")
     if method == "pca_pair" and not dataset.paired:

@@ -2,8 +2,9 @@
 
 Prompts are formatted (chat template when the model has one), left-padded, and generated in
 batches with every given :class:`~.apply.Steering` attached. Before each batch the steering's
-prompt is pinned to the batch's attention mask (so positions relative to the prompt end are
-right with and without a KV cache) and, when a latched condition sits after a steered site, the
+prompt is pinned to the batch's attention mask (positions relative to the prompt end then follow
+from the shapes of the forward passes, the same with and without a KV cache, in any batch and
+with any transformers version) and, when a latched condition sits after a steered site, the
 conditions are decided by :meth:`~.apply.Steering.prepare` on the unsteered prompt.
 """
 

@@ -36,6 +36,10 @@ from actscope.utils.atomic import atomic_write_bytes
 
 FORMAT = "actscope.steering/1"
 RESIDUAL_KINDS = ("resid_pre", "resid_mid", "resid_post")
+STEERABLE_KINDS = (*RESIDUAL_KINDS, "attn_out", "mlp_out")
+"""Site kinds a trained vector may live at: the residual stream and what the attention and MLP
+sublayers add to it (``resid_mid = resid_pre + attn_out``, ``resid_post = resid_mid + mlp_out``),
+all of the hidden size, so a vector means a direction of the residual stream at each of them."""
 
 
 @dataclass
@@ -148,20 +152,30 @@ class SteeringVector:
         p = resolve_vector_path(path)
         if p.suffix == ".gguf":
             return cls.from_gguf(p)
-        raw = p.read_bytes()
+        try:
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read steering vector {p}: {exc.strerror or exc}") from None
         try:
             tensors = st_load(raw)
             meta = _safetensors_metadata(raw)
         except (SafetensorError, ValueError) as exc:
-            raise DataError(f"{p} is not a readable safetensors file: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{p} is not a readable safetensors file: {first}") from None
         if meta.get("format") != FORMAT:
             raise DataError(
                 f"{p} is not an actscope steering vector (format={meta.get('format')!r})"
             )
-        head = json.loads(meta["actscope"])
-        dirs = {
-            int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("direction.")
-        }
+        head = _header(p, meta)
+        try:
+            dirs = {
+                int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("direction.")
+            }
+            stats = {int(k): dict(v) for k, v in head.get("stats", {}).items()}
+        except (ValueError, TypeError, AttributeError):
+            raise DataError(
+                f"{p}: direction.N tensor names and stats keys must be layer numbers"
+            ) from None
         return cls(
             dirs,
             head["site"],
@@ -173,9 +187,32 @@ class SteeringVector:
             head.get("read", ""),
             head.get("dataset", ""),
             head.get("dataset_hash", ""),
-            {int(k): v for k, v in head.get("stats", {}).items()},
+            stats,
             head.get("meta", {}),
         )
+
+    def check_model(self, lm: Any) -> None:
+        """Refuse a model other than the one the vector was trained on, in one line.
+
+        The recorded weights hash decides when the vector and the model both have one (GGUF and
+        embedded models); otherwise the recorded family must match (imported llama.cpp control
+        vectors only carry a hint and are not checked). The hidden size is checked by
+        :class:`~.apply.Steering`. Names are not compared: a path stem or hub id is not an identity.
+        """
+        theirs, ours = self.model_hash, getattr(lm, "file_hash", None)
+        name = getattr(lm, "name", "this model")
+        if theirs and ours and theirs != ours:
+            raise ActscopeError(
+                f"the steering vector was trained on {self.model or 'another model'} "
+                f"(weights sha256 {theirs[:12]}), not on {name} ({ours[:12]})"
+            )
+        config = getattr(getattr(lm, "model", lm), "config", None)
+        family = str(getattr(config, "model_type", "") or "")
+        if self.family and self.method != "gguf" and family and self.family != family:
+            raise ActscopeError(
+                f"the steering vector was trained on a {self.family} model "
+                f"({self.model or 'unnamed'}), not on {name} ({family})"
+            )
 
     # llama.cpp ------------------------------------------------------------------------------
     def to_gguf(self, path: str | os.PathLike[str], scale: float = 1.0) -> Path:
@@ -245,6 +282,50 @@ def resolve_vector_path(path: str | os.PathLike[str]) -> Path:
     if not p.exists():
         raise DataError(f"steering vector file {p} does not exist")
     return p
+
+
+_HEADER_TYPES: dict[str, type | tuple[type, ...]] = {
+    "site": str,
+    "kind": str,
+    "model": str,
+    "model_hash": (str, type(None)),
+    "family": str,
+    "method": str,
+    "read": str,
+    "dataset": str,
+    "dataset_hash": str,
+    "stats": dict,
+    "meta": dict,
+}
+
+
+def _header(p: Path, meta: dict[str, str]) -> dict[str, Any]:
+    """The ``actscope`` JSON header of a vector file, checked key by key."""
+    if "actscope" not in meta:
+        raise DataError(f"{p} has no actscope metadata (the 'actscope' header entry is missing)")
+    try:
+        head = json.loads(meta["actscope"])
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise DataError(f"{p}: the actscope header is not valid JSON ({exc})") from None
+    if not isinstance(head, dict) or "site" not in head:
+        raise DataError(f"{p}: the actscope header must be a JSON object with a 'site'")
+    for key, typ in _HEADER_TYPES.items():
+        if key in head and not isinstance(head[key], typ):
+            raise DataError(
+                f"{p}: header field '{key}' has the wrong type ({type(head[key]).__name__})"
+            )
+    return head
+
+
+def check_site_kind(site: str) -> str:
+    """``site`` when steering vectors can be trained there (the residual stream and the two
+    sublayer outputs added to it), else an :class:`ActscopeError` naming the choices."""
+    if site not in STEERABLE_KINDS:
+        raise ActscopeError(
+            f"steering vectors live in the residual stream: site must be one of "
+            f"{', '.join(STEERABLE_KINDS)}, not {site!r}"
+        )
+    return site
 
 
 def _safetensors_metadata(raw: bytes) -> dict[str, str]:
