@@ -27,6 +27,27 @@ def _load() -> ModuleType:
 
 gc_mod = _load()
 
+# variables the script sets for its own process; restored after each test, so that running it
+# in the test process leaves later tests the environment they started with
+_SCRIPT_ENV = (
+    "ACTSCOPE_CACHE",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_VERBOSITY",
+    "HF_HUB_DISABLE_PROGRESS_BARS",
+    "PYTHONPATH",
+)
+
+
+@pytest.fixture(autouse=True)
+def _own_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in _SCRIPT_ENV:  # recorded by setenv, so undone after the test even if absent
+        before = os.environ.get(name)
+        monkeypatch.setenv(name, before or "")
+        if before is None:
+            monkeypatch.delenv(name)
+
 
 def _records(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]

@@ -206,20 +206,11 @@ def test_repeated_runs_do_not_grow_memory() -> None:
 
 def _falcon() -> torch.nn.Module:
     """Falcon-7B's layout: parallel attention, and the MLP output updated in place."""
-    import transformers as tf
+    from actscope.models.tiny import build_tiny
 
-    from actscope.models.tiny import VOCAB
-
-    torch.manual_seed(0)
-    cfg = tf.FalconConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        new_decoder_architecture=False,
-        parallel_attn=True,
-    )
-    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+    model = build_tiny("falcon")
+    assert model.config.parallel_attn and not model.config.new_decoder_architecture
+    return model
 
 
 @pytest.mark.parametrize("verified", [True, False])

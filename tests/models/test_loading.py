@@ -66,17 +66,32 @@ def test_embedded_files_are_found() -> None:
 
 
 @pytest.mark.slow
-def test_dense_cache_equals_gguf_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The dense safetensors copy gives exactly the dequantized GGUF weights."""
+def test_first_load_equals_cached_and_uncached_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GGUF path (which writes the dense cache), the cached path and the no-cache path
+    give the same model in bf16: weights, every buffer (rotary frequencies stay float32, as
+    ``from_pretrained(dtype=bf16)`` keeps them) and logits, bit for bit."""
     monkeypatch.setenv("ACTSCOPE_CACHE", str(tmp_path))
-    first = load_model("smollm2-135m", dtype="fp32")  # GGUF path, writes the cache
+    first = load_model("smollm2-135m", dtype="bf16")  # GGUF path, writes the cache
     assert any((tmp_path / "dense").iterdir())
-    second = load_model("smollm2-135m", dtype="fp32")  # from the cache
-    for (n1, p1), (n2, p2) in zip(
-        first.model.state_dict().items(), second.model.state_dict().items(), strict=True
-    ):
-        assert n1 == n2 and torch.equal(p1, p2), n1
-    assert first.file_hash == second.file_hash and len(first.file_hash or "") == 64
+    cached = load_model("smollm2-135m", dtype="bf16")
+    uncached = load_model("smollm2-135m", dtype="bf16", use_cache=False)
+    ids = torch.arange(10, 42).reshape(2, 16)
+    ref = dict(cached.model.named_buffers())
+    assert ref["model.rotary_emb.inv_freq"].dtype == torch.float32
+    with torch.no_grad():
+        want = cached.model(ids).logits
+    for lm in (first, uncached):
+        for (n1, p1), (n2, p2) in zip(
+            lm.model.state_dict().items(), cached.model.state_dict().items(), strict=True
+        ):
+            assert n1 == n2 and torch.equal(p1, p2), n1
+        for n, buf in lm.model.named_buffers():
+            assert buf.dtype == ref[n].dtype and torch.equal(buf, ref[n]), n
+        with torch.no_grad():
+            assert torch.equal(lm.model(ids).logits, want)
+    assert first.file_hash == cached.file_hash and len(first.file_hash or "") == 64
 
 
 @pytest.mark.slow

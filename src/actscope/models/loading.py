@@ -338,18 +338,40 @@ def _load_gguf(path: Path, dt: torch.dtype, *, use_cache: bool, name: str) -> Lo
             raise
         except Exception as exc:  # transformers raises many types for a corrupt file
             raise ModelLoadError(f"cannot read GGUF {path}: {_first_line(exc)}") from exc
-        if use_cache:
-            _write_dense_cache(model, tok, dense)
-        model = model.to(dt)
-        lm = LoadedModel(model=model, tokenizer=tok, name=name, source=str(path))
+        if use_cache and _write_dense_cache(model, tok, dense):
+            # the first load reads what every later load reads: one path, the same numbers
+            del model
+            lm = _load_hf_dir(str(dense), dt, None, name=name, local_only=True)
+        else:
+            lm = LoadedModel(model=_cast(model, dt), tokenizer=tok, name=name, source=str(path))
     lm.source = str(path)
     lm.file_hash = digest
     lm.kind = "gguf"
     return lm
 
 
-def _write_dense_cache(model: PreTrainedModel, tok: Any, dense: Path) -> None:
-    """Save a dequantized GGUF model as float32 safetensors (atomically)."""
+def _cast(model: PreTrainedModel, dt: torch.dtype) -> PreTrainedModel:
+    """``model`` in ``dt`` as ``from_pretrained(dtype=dt)`` gives it: parameters and saved
+    buffers cast, buffers that are not saved with the weights (rotary ``inv_freq``, computed
+    in float32 at construction) left as they are. ``model.to(dt)`` would round the rotary
+    frequencies to bf16 too, which moves SmolLM2's logits by up to 3."""
+    keep = {
+        name: buf
+        for mod_name, mod in model.named_modules()
+        for b_name, buf in mod._buffers.items()
+        if buf is not None and b_name in mod._non_persistent_buffers_set
+        for name in [f"{mod_name}.{b_name}" if mod_name else b_name]
+    }
+    model = model.to(dt)
+    for name, buf in keep.items():
+        mod_name, _, b_name = name.rpartition(".")
+        model.get_submodule(mod_name)._buffers[b_name] = buf
+    return model
+
+
+def _write_dense_cache(model: PreTrainedModel, tok: Any, dense: Path) -> bool:
+    """Save a dequantized GGUF model as float32 safetensors (atomically); False when it could
+    not be written (the cache is an optimisation: a full disk does not stop the run)."""
     # transformers refuses save_pretrained on a quantized model: the GGUF weights are already
     # dequantized in memory, so the quantizer markers are cleared before saving.
     for attr in ("hf_quantizer", "quantization_method"):
@@ -364,3 +386,5 @@ def _write_dense_cache(model: PreTrainedModel, tok: Any, dense: Path) -> None:
             tok.save_pretrained(tmp)
     except OSError as exc:  # a full disk must not stop the run: the cache is an optimisation
         log.warning("could not write the dense model cache %s: %s", dense, exc)
+        return False
+    return True

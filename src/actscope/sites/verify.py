@@ -293,12 +293,22 @@ class _Identity:
     compute: Callable[[], tuple[Tensor, Tensor, list[Tensor]]]
 
 
-def _errors(lhs: Tensor, rhs: Tensor, terms: list[Tensor], real: Tensor) -> tuple[float, float]:
-    """(max abs err, rel err) over real tokens; see the module docstring."""
+def _errors(
+    lhs: Tensor, rhs: Tensor, terms: list[Tensor], real: Tensor
+) -> tuple[float, float] | None:
+    """(max abs err, rel err) over the real tokens whose operands are all finite (module
+    docstring); None when no such token is left: NaN or Inf in the model's own values say
+    nothing about what a site means, so such an identity cannot be judged."""
     if lhs.shape != rhs.shape:
         return float("inf"), float("inf")
-    d = (lhs.double() - rhs.double()).abs().flatten(2).amax(-1)[real]  # per token (NaN kept)
-    scale = torch.stack([t.abs().flatten(2).amax(-1)[real].double() for t in terms]).amax(0)
+    ok = real.clone()
+    for t in (lhs, rhs, *terms):
+        if t.shape[:2] == real.shape:
+            ok &= torch.isfinite(t).flatten(2).all(-1)
+    if not bool(ok.any()):
+        return None
+    d = (lhs.double() - rhs.double()).abs().flatten(2).amax(-1)[ok]  # per token
+    scale = torch.stack([t.abs().flatten(2).amax(-1)[ok].double() for t in terms]).amax(0)
     rel = d / scale.clamp_min(_TINY)
     err, worst = torch.stack([d.max(), rel.max()]).tolist()
     if not (math.isfinite(err) and math.isfinite(worst)):
@@ -312,7 +322,8 @@ def rel_error(lhs: Tensor, rhs: Tensor) -> float:
     if lhs.shape != rhs.shape or lhs.dim() == 0:
         return float("inf")
     a, b = (t.reshape(1, -1, t.shape[-1]) for t in (lhs, rhs))
-    return _errors(a, b, [b], torch.ones(b.shape[:2], dtype=torch.bool, device=b.device))[1]
+    res = _errors(a, b, [b], torch.ones(b.shape[:2], dtype=torch.bool, device=b.device))
+    return math.inf if res is None else res[1]
 
 
 def _logit_transforms(model: nn.Module) -> list[tuple[str, Callable[[Tensor], Tensor]]]:
@@ -513,12 +524,17 @@ def _add_final_norm(
     with torch.inference_mode():
         base = head(r["final_norm"])
     own = _own_transform(sm)
-    if _errors(logits, own[1](base), [logits], real)[1] <= tol:
+
+    def rel(t: Tensor) -> float:
+        res = _errors(logits, t, [logits], real)
+        return math.inf if res is None else res[1]
+
+    if rel(own[1](base)) <= tol:
         text, fn = own
     else:
         text, fn = min(
             _logit_transforms(sm.model),
-            key=lambda t: _errors(logits, t[1](base), [logits], real)[1],
+            key=lambda t: rel(t[1](base)),
         )
     ids.append(
         _Identity(
@@ -614,11 +630,16 @@ def _check(
     for ident in _identities(sitemap, shaped, logits, real, tol):
         try:
             lhs, rhs, terms = ident.compute()
-            err, rel = _errors(lhs, rhs, terms, real)
+            errors = _errors(lhs, rhs, terms, real)
         except Exception as exc:  # e.g. an LM head that needs more than final_norm
             note = type(exc).__name__
             checks.append(Check(ident.site, ident.kind, ident.text, 0.0, 0.0, "skipped", note))
             continue
+        if errors is None:  # every token non-finite: the model's values, not the site's meaning
+            note = "NaN/Inf on every probe token"
+            checks.append(Check(ident.site, ident.kind, ident.text, 0.0, 0.0, "skipped", note))
+            continue
+        err, rel = errors
         status = "pass" if rel <= tol else "fail"
         check = Check(ident.site, ident.kind, ident.text, err, rel, status, "", ident.involves)
         results.append((ident, check))
