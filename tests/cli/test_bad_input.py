@@ -1,6 +1,6 @@
 """Every bad input gives one ``actscope: error:`` line and exit status 2, before any work.
 
-One row per case: the command line, whose ``{name}`` placeholders are files written from
+One row per case: the command line, whose ``{name}`` fields name files written from
 ``SMALL_FILES`` into the test's folder or made once per module by ``_shared_inputs`` (tiny
 Hugging Face folders, corrupt in several ways; profile runs; a steering run), and a piece of
 the expected message. Each row asserts exit code 2, exactly
@@ -465,7 +465,7 @@ def _snapshot(*roots: Path) -> dict[str, str]:
 
 
 def _argv(case: Case, tmp: Path, shared: dict[str, Path]) -> list[str]:
-    """The case's argv with its placeholders replaced by real paths."""
+    """The case's argv with every ``{name}`` field replaced by the real path."""
     values: dict[str, str] = {"out": str(tmp / "out"), "missing": str(tmp / "missing.jsonl")}
     (tmp / "emptydir").mkdir(exist_ok=True)
     values["emptydir"] = str(tmp / "emptydir")

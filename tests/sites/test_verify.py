@@ -77,9 +77,8 @@ def test_wrong_resid_mid_is_blamed_when_the_branches_sum() -> None:
     assert set(res.dropped) == {"resid_mid.0", "resid_mid.1"}
 
 
-def test_scaled_logits_and_branches_are_offered_with_their_scale() -> None:
-    # Granite divides lm_head's output by logits_scaling and scales both residual branches by
-    # residual_multiplier outside any module: the sites carry the factor and pass.
+def _granite() -> torch.nn.Module:
+    """Granite with a logits scaling of 4 and branches scaled by 0.5 outside any module."""
     torch.manual_seed(0)
     cfg = tf.GraniteConfig(
         vocab_size=VOCAB,
@@ -91,7 +90,13 @@ def test_scaled_logits_and_branches_are_offered_with_their_scale() -> None:
         logits_scaling=4.0,
         residual_multiplier=0.5,
     )
-    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def test_scaled_logits_and_branches_are_offered_with_their_scale() -> None:
+    # Granite divides lm_head's output by logits_scaling and scales both residual branches by
+    # residual_multiplier outside any module: the sites carry the factor and pass.
+    model = _granite()
     sm = sitemap_of(model)
     res = sm.verification
     assert sm.dropped == {} and all(c.status == "pass" for c in res.checks)
@@ -104,18 +109,7 @@ def test_scaled_logits_and_branches_are_offered_with_their_scale() -> None:
 def test_a_missing_scale_fails_logits_and_the_branches_but_not_final_norm() -> None:
     # The same Granite without the adapter's scales: the raw lm_head output is not the logits,
     # the raw branch outputs do not sum; final_norm still fits through the config's scaling.
-    torch.manual_seed(0)
-    cfg = tf.GraniteConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        logits_scaling=4.0,
-        residual_multiplier=0.5,
-    )
-    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    model = _granite()
     base = adapter_for("granite")
     assert base is not None
     plain = dataclasses.replace(
